@@ -1,0 +1,565 @@
+//! The running service: it reads input messages, feeds the aggregator, and on each round
+//! publishes records, updates gauges and the live view, then commits input offsets once the
+//! broker has acknowledged the records. It also owns startup and the bounded drain on shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::producer::FutureProducer;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::aggregate::{
+    Aggregator, AggregatorSettings, CommitPoint, CreativeKey, InputPartition, Observation, Round,
+};
+use crate::config::{Config, ConfigError, Layout};
+use crate::decode::{Decoder, EventKind, KindSource, Rejection};
+use crate::http::{self, HttpState};
+use crate::ipm::Ipm;
+use crate::live::LiveState;
+use crate::metrics::{outcome, Metrics};
+use crate::output::{record_key, IpmRecord, OutputRecord, Publisher};
+use crate::source::{Assignment, SourceContext};
+use crate::window::WindowSpec;
+
+/// Why the service could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot create the kafka {client}: {source}")]
+    Client { client: &'static str, source: rdkafka::error::KafkaError },
+    #[error("cannot serve http on {addr}: {source}")]
+    Http { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot rebuild state for an assigned partition: {0}")]
+    Restore(String),
+}
+
+/// How often the pipeline checks idleness, lag and the watermark when no message arrives. A
+/// round publishes every boundary passed since the last one, so this bounds output latency.
+const TICK: Duration = Duration::from_millis(200);
+
+/// A started service.
+pub struct Running {
+    /// The address the HTTP server is bound to.
+    pub http_addr: SocketAddr,
+    /// Live values and readiness, as served over HTTP.
+    pub live: Arc<LiveState>,
+    /// The service's metrics.
+    pub metrics: Arc<Metrics>,
+    task: JoinHandle<Result<(), PipelineError>>,
+}
+
+impl Running {
+    /// Waits until the service stops, after `shutdown` is cancelled or on a fatal error.
+    pub async fn wait(self) -> Result<(), PipelineError> {
+        self.task.await.expect("the pipeline task does not panic")
+    }
+}
+
+/// Starts the service: HTTP server, consumer group membership and the processing loop. It
+/// stops when `shutdown` is cancelled, after draining within the configured grace period.
+pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, PipelineError> {
+    let metrics = Arc::new(Metrics::new());
+    let live = Arc::new(LiveState::default());
+    let windows = config.window_specs()?;
+    let decoder = Decoder::new(&config.decode_settings())
+        .map_err(|e| ConfigError::Invalid { key: "input.fields".into(), reason: e.to_string() })?;
+    let (topics, kinds) = input_topics(&config);
+
+    let context = SourceContext::new(topics.clone(), metrics.commits.clone());
+    let consumer: StreamConsumer<SourceContext> = consumer_config(&config)
+        .create_with_context(context)
+        .map_err(|source| PipelineError::Client { client: "consumer", source })?;
+    let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&topic_refs)
+        .map_err(|source| PipelineError::Client { client: "consumer", source })?;
+    let producer: FutureProducer = producer_config(&config)
+        .create()
+        .map_err(|source| PipelineError::Client { client: "producer", source })?;
+
+    let addr = config.http_listen()?;
+    let http_state = HttpState { metrics: metrics.clone(), live: live.clone() };
+    let (http_addr, server) = http::bind(addr, http_state, shutdown.child_token())
+        .await
+        .map_err(|source| PipelineError::Http { addr, source })?;
+    tokio::spawn(async move {
+        if let Err(error) = server.await {
+            tracing::error!(cause = %error, "http server stopped");
+        }
+    });
+    tracing::info!(%http_addr, topics = ?topics, output = %config.output.topic, "ipm-stream started");
+
+    let counters = topics.iter().map(|t| TopicCounters::new(&metrics, t)).collect();
+    let late_by_window =
+        windows.iter().map(|w| metrics.late_events.with_label_values(&[&w.name])).collect();
+    let aggregator = Aggregator::new(AggregatorSettings {
+        windows: windows.clone(),
+        out_of_orderness_ms: config.out_of_orderness_ms(),
+        idle_timeout_ms: config.idle_timeout_ms(),
+    });
+    let processor = Processor {
+        aggregator,
+        decoder,
+        kinds,
+        windows,
+        counters,
+        late_by_window,
+        metrics: metrics.clone(),
+        live: live.clone(),
+        publisher: Publisher::new(producer, config.output.topic.clone()),
+        rejections: RejectionLog::default(),
+        restore_started: None,
+        output_healthy: true,
+    };
+    let grace = config.shutdown.grace_period;
+    let task = tokio::spawn(run(consumer, processor, shutdown, grace));
+    Ok(Running { http_addr, live, metrics, task })
+}
+
+/// Input topics in index order, with how each decides an event's kind.
+fn input_topics(config: &Config) -> (Vec<String>, Vec<KindSource>) {
+    match config.input.layout {
+        Layout::Separate => (
+            vec![config.input.impressions_topic.clone(), config.input.installs_topic.clone()],
+            vec![KindSource::Fixed(EventKind::Impression), KindSource::Fixed(EventKind::Install)],
+        ),
+        Layout::Single => (vec![config.input.events_topic.clone()], vec![KindSource::Field]),
+    }
+}
+
+fn common_config(config: &Config) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", &config.kafka.brokers);
+    for (key, value) in &config.kafka.librdkafka {
+        client.set(key, value);
+    }
+    client
+}
+
+fn consumer_config(config: &Config) -> ClientConfig {
+    let mut client = common_config(config);
+    client
+        .set("group.id", &config.kafka.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", &config.kafka.auto_offset_reset)
+        .set("isolation.level", "read_committed")
+        // Range assignment gives one member the same partition number of every input topic.
+        .set("partition.assignment.strategy", "range")
+        .set("statistics.interval.ms", "1000");
+    for (key, value) in &config.kafka.consumer {
+        client.set(key, value);
+    }
+    client
+}
+
+fn producer_config(config: &Config) -> ClientConfig {
+    let mut client = common_config(config);
+    client
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        // The partitioner of the Java client, so keys land where Java consumers expect them.
+        .set("partitioner", "murmur2_random")
+        .set("message.timeout.ms", "60000");
+    for (key, value) in &config.kafka.producer {
+        client.set(key, value);
+    }
+    client
+}
+
+/// Per-topic counters resolved once, so the hot path does no label lookups.
+struct TopicCounters {
+    topic: String,
+    counted: prometheus::IntCounter,
+    late: prometheus::IntCounter,
+    rejected: prometheus::IntCounter,
+    replayed: prometheus::IntCounter,
+}
+
+impl TopicCounters {
+    fn new(metrics: &Metrics, topic: &str) -> TopicCounters {
+        let consumed = |outcome: &str| metrics.events_consumed.with_label_values(&[topic, outcome]);
+        TopicCounters {
+            topic: topic.to_owned(),
+            counted: consumed(outcome::COUNTED),
+            late: consumed(outcome::LATE),
+            rejected: consumed(outcome::REJECTED),
+            replayed: consumed(outcome::REPLAYED),
+        }
+    }
+}
+
+/// Logs rejected messages at most once per interval per reason, with how many were skipped.
+#[derive(Default)]
+struct RejectionLog {
+    last: std::collections::HashMap<Rejection, (Instant, u64)>,
+}
+
+const REJECTION_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+impl RejectionLog {
+    fn note(&mut self, rejection: Rejection, topic: &str, partition: i32, offset: i64) {
+        let now = Instant::now();
+        let (logged_at, suppressed) = self.last.entry(rejection).or_insert((now, 0));
+        if *suppressed > 0 && now.duration_since(*logged_at) < REJECTION_LOG_INTERVAL {
+            *suppressed += 1;
+            return;
+        }
+        tracing::warn!(
+            topic,
+            partition,
+            offset,
+            reason = rejection.code(),
+            similar_since_last_log = suppressed.saturating_sub(1),
+            "input message rejected: {rejection}"
+        );
+        *logged_at = now;
+        *suppressed = 1;
+    }
+}
+
+/// Everything the loop mutates, apart from the consumer that messages borrow from.
+struct Processor {
+    aggregator: Aggregator,
+    decoder: Decoder,
+    kinds: Vec<KindSource>,
+    windows: Vec<WindowSpec>,
+    counters: Vec<TopicCounters>,
+    late_by_window: Vec<prometheus::IntCounter>,
+    metrics: Arc<Metrics>,
+    live: Arc<LiveState>,
+    publisher: Publisher,
+    rejections: RejectionLog,
+    /// When the current state rebuild began, for the restore-duration metric.
+    restore_started: Option<Instant>,
+    /// False from a failed delivery until the next acknowledged one.
+    output_healthy: bool,
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+async fn run(
+    consumer: StreamConsumer<SourceContext>,
+    mut processor: Processor,
+    shutdown: CancellationToken,
+    grace: Duration,
+) -> Result<(), PipelineError> {
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let result = loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break Ok(()),
+            message = consumer.recv() => {
+                if let Err(error) = processor.apply_assignments(&consumer) {
+                    break Err(error);
+                }
+                match message {
+                    Ok(message) => processor.on_message(&message),
+                    Err(error) => tracing::warn!(cause = %error, "kafka consume error"),
+                }
+            }
+            _ = tick.tick() => {
+                if let Err(error) = processor.on_tick(&consumer, &shutdown).await {
+                    break Err(error);
+                }
+            }
+        }
+    };
+    processor.live.set_ready(false);
+    processor.metrics.ready.set(0);
+    if result.is_ok() {
+        match tokio::time::timeout(grace, processor.drain(&consumer)).await {
+            Ok(()) => tracing::info!("drained: output flushed and offsets committed"),
+            Err(_) => tracing::warn!(
+                grace_ms = grace.as_millis() as u64,
+                "grace period ran out while draining; uncommitted input will be read again"
+            ),
+        }
+    }
+    result
+}
+
+impl Processor {
+    /// Applies assignment changes queued by the consumer's rebalance callback.
+    fn apply_assignments(
+        &mut self,
+        consumer: &StreamConsumer<SourceContext>,
+    ) -> Result<(), PipelineError> {
+        let now = now_ms();
+        for change in consumer.context().take_changes() {
+            match change {
+                Assignment::Assigned(starts) => {
+                    for (partition, start) in starts {
+                        self.aggregator.assign(partition, start, now);
+                    }
+                    if self.aggregator.restoring() && self.restore_started.is_none() {
+                        self.restore_started = Some(Instant::now());
+                    }
+                }
+                Assignment::Revoked(partitions) => {
+                    for partition in partitions {
+                        let topic = &self.counters[partition.topic].topic;
+                        let label = partition.partition.to_string();
+                        let _ = self.metrics.consumer_lag.remove_label_values(&[topic, &label]);
+                        for key in self.aggregator.revoke(partition) {
+                            self.forget(&key);
+                        }
+                    }
+                }
+                Assignment::RestoreFailed(reason) => return Err(PipelineError::Restore(reason)),
+            }
+        }
+        let assigned = self.aggregator.partitions().count();
+        self.metrics.assigned_partitions.set(assigned as i64);
+        Ok(())
+    }
+
+    fn on_message(&mut self, message: &BorrowedMessage<'_>) {
+        let Some(topic) = self.topic_index(message.topic()) else { return };
+        let partition = InputPartition { topic, partition: message.partition() };
+        let offset = message.offset();
+        let now = now_ms();
+        let payload = message.payload().unwrap_or_default();
+        let kafka_time = message.timestamp().to_millis();
+        let counters = &self.counters[topic];
+        match self.decoder.decode(payload, &self.kinds[topic], kafka_time) {
+            Ok(event) => {
+                let observation = Observation {
+                    campaign_id: &event.campaign_id,
+                    creative_id: &event.creative_id,
+                    kind: event.kind,
+                    event_time_ms: event.event_time_ms,
+                };
+                let admission = self.aggregator.observe(partition, offset, &observation, now);
+                if admission.replayed {
+                    counters.replayed.inc();
+                    return;
+                }
+                if admission.counted {
+                    counters.counted.inc();
+                } else if admission.late_windows != 0 {
+                    counters.late.inc();
+                }
+                let mut late = admission.late_windows;
+                while late != 0 {
+                    self.late_by_window[late.trailing_zeros() as usize].inc();
+                    late &= late - 1;
+                }
+            }
+            Err(rejection) => {
+                if self.aggregator.note_read(partition, offset, now) == Some(true) {
+                    counters.replayed.inc();
+                    return;
+                }
+                counters.rejected.inc();
+                self.metrics
+                    .events_rejected
+                    .with_label_values(&[&counters.topic, rejection.code()])
+                    .inc();
+                self.rejections.note(rejection, &counters.topic, partition.partition, offset);
+            }
+        }
+    }
+
+    fn topic_index(&self, topic: &str) -> Option<usize> {
+        self.counters.iter().position(|c| c.topic == topic)
+    }
+
+    async fn on_tick(
+        &mut self,
+        consumer: &StreamConsumer<SourceContext>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), PipelineError> {
+        self.apply_assignments(consumer)?;
+        self.observe_progress(consumer);
+        let now = now_ms();
+        let started = Instant::now();
+        if let Some(round) = self.aggregator.advance(now) {
+            if self.publish(round, now, shutdown).await {
+                self.commit(consumer, CommitMode::Async);
+                self.metrics.round_duration.observe(started.elapsed().as_secs_f64());
+            }
+        }
+        self.update_gauges(now);
+        Ok(())
+    }
+
+    /// Reads the client's statistics and position into idleness, replay progress and lag.
+    fn observe_progress(&mut self, consumer: &StreamConsumer<SourceContext>) {
+        let progress = consumer.context().progress();
+        let partitions: Vec<InputPartition> = self.aggregator.partitions().collect();
+        for partition in &partitions {
+            let Some(stats) = progress.get(partition) else { continue };
+            self.aggregator.set_caught_up(*partition, stats.caught_up());
+            let read = self.aggregator.next_offset(*partition).unwrap_or(stats.fetch_offset);
+            let topic = &self.counters[partition.topic].topic;
+            let label = partition.partition.to_string();
+            let lag = (stats.end_offset - read).max(0);
+            self.metrics.consumer_lag.with_label_values(&[topic, &label]).set(lag);
+        }
+        if self.aggregator.restoring() {
+            if let Ok(positions) = consumer.position() {
+                for element in positions.elements() {
+                    let (Some(topic), Offset::Offset(position)) =
+                        (self.topic_index(element.topic()), element.offset())
+                    else {
+                        continue;
+                    };
+                    let partition = InputPartition { topic, partition: element.partition() };
+                    self.aggregator.note_position(partition, position);
+                }
+            }
+        }
+        if !self.aggregator.restoring() {
+            if let Some(started) = self.restore_started.take() {
+                let took = started.elapsed();
+                self.metrics.restore_duration.set(took.as_secs_f64());
+                tracing::info!(took_ms = took.as_millis() as u64, "window state rebuilt");
+            }
+        }
+    }
+
+    fn update_gauges(&self, now: i64) {
+        let ready = self.aggregator.partitions().next().is_some()
+            && !self.aggregator.restoring()
+            && self.output_healthy;
+        self.live.set_ready(ready);
+        self.metrics.ready.set(i64::from(ready));
+        if let Some(watermark) = self.aggregator.watermark_ms() {
+            self.metrics.watermark.set(watermark as f64 / 1000.0);
+            self.metrics.watermark_delay.set((now - watermark) as f64 / 1000.0);
+        }
+        self.metrics.active_keys.set(self.aggregator.active_keys() as i64);
+        self.metrics.panes.set(self.aggregator.panes_held() as i64);
+    }
+
+    /// Publishes a round and applies it to gauges and the live view. Returns false when
+    /// shutdown interrupted delivery, in which case nothing may be committed.
+    async fn publish(&mut self, round: Round, now: i64, shutdown: &CancellationToken) -> bool {
+        let mut batch = Vec::with_capacity(round.updates.len() + round.evicted.len());
+        let mut records = Vec::with_capacity(round.updates.len());
+        for update in &round.updates {
+            let spec = &self.windows[update.window];
+            let record = IpmRecord::new(update, spec, round.watermark_ms, now);
+            let value = serde_json::to_vec(&record).expect("records always serialize");
+            batch.push(OutputRecord { key: record_key(&update.key, &spec.name), value: Some(value) });
+            records.push((update.key.clone(), record));
+        }
+        for key in &round.evicted {
+            for spec in &self.windows {
+                batch.push(OutputRecord { key: record_key(key, &spec.name), value: None });
+            }
+        }
+        if !batch.is_empty() {
+            let metrics = self.metrics.clone();
+            let live = self.live.clone();
+            let delivered = self
+                .publisher
+                .publish(&batch, shutdown, |failed, _| {
+                    metrics.produce_errors.inc_by(failed as u64);
+                    live.set_ready(false);
+                    metrics.ready.set(0);
+                })
+                .await;
+            if delivered.is_err() {
+                return false;
+            }
+            self.output_healthy = true;
+            let produced = &self.metrics.records_produced;
+            produced.with_label_values(&["update"]).inc_by(round.updates.len() as u64);
+            let tombstones = (round.evicted.len() * self.windows.len()) as u64;
+            produced.with_label_values(&["tombstone"]).inc_by(tombstones);
+            self.metrics.last_output.set(now as f64 / 1000.0);
+        }
+        for (key, record) in records {
+            self.set_gauges(&record);
+            self.live.set(key, record);
+        }
+        for key in &round.evicted {
+            self.forget(key);
+        }
+        true
+    }
+
+    fn set_gauges(&self, record: &IpmRecord) {
+        let labels = [record.campaign_id.as_str(), record.creative_id.as_str(), &record.window];
+        let ipm = Ipm { value: record.ipm, low: record.ipm_low, high: record.ipm_high };
+        let metrics = &self.metrics;
+        metrics.ipm.with_label_values(&labels).set(ipm.value.unwrap_or(f64::NAN));
+        metrics.ipm_lower.with_label_values(&labels).set(ipm.low.unwrap_or(f64::NAN));
+        metrics.ipm_upper.with_label_values(&labels).set(ipm.high.unwrap_or(f64::NAN));
+        metrics.window_impressions.with_label_values(&labels).set(record.impressions as f64);
+        metrics.window_installs.with_label_values(&labels).set(record.installs as f64);
+    }
+
+    /// Removes a key's gauges and live values.
+    fn forget(&self, key: &CreativeKey) {
+        for spec in &self.windows {
+            let labels = [&*key.campaign_id, &*key.creative_id, spec.name.as_str()];
+            let metrics = &self.metrics;
+            for gauge in [
+                &metrics.ipm,
+                &metrics.ipm_lower,
+                &metrics.ipm_upper,
+                &metrics.window_impressions,
+                &metrics.window_installs,
+            ] {
+                let _ = gauge.remove_label_values(&labels);
+            }
+        }
+        self.live.remove(key);
+    }
+
+    /// Commits every partition's progress, with its checkpoint as commit metadata.
+    fn commit(&self, consumer: &StreamConsumer<SourceContext>, mode: CommitMode) {
+        let points = self.aggregator.commit_points();
+        if points.is_empty() {
+            return;
+        }
+        let mut offsets = TopicPartitionList::with_capacity(points.len());
+        for CommitPoint { partition, next_offset, checkpoint } in points {
+            let topic = &self.counters[partition.topic].topic;
+            let mut element = offsets.add_partition(topic, partition.partition);
+            if element.set_offset(Offset::Offset(next_offset)).is_err() {
+                continue;
+            }
+            element.set_metadata(serde_json::to_string(&checkpoint).expect("plain numbers"));
+        }
+        // Results, of async commits too, are counted by the consumer's commit callback.
+        if let Err(error) = consumer.commit(&offsets, mode) {
+            tracing::warn!(cause = %error, "offset commit not sent; the next round retries");
+        }
+    }
+
+    /// Stops fetching, publishes what the watermark allows, flushes and commits.
+    async fn drain(&mut self, consumer: &StreamConsumer<SourceContext>) {
+        if let Ok(assignment) = consumer.assignment() {
+            let _ = consumer.pause(&assignment);
+        }
+        if self.apply_assignments(consumer).is_err() {
+            return;
+        }
+        let now = now_ms();
+        // Delivery is not interrupted here: the caller's grace-period timeout bounds it.
+        let never = CancellationToken::new();
+        if let Some(round) = self.aggregator.advance(now) {
+            if !self.publish(round, now, &never).await {
+                return;
+            }
+        }
+        self.publisher.flush(Duration::from_secs(5));
+        self.commit(consumer, CommitMode::Sync);
+    }
+}

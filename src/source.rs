@@ -1,0 +1,244 @@
+//! The input side of Kafka: the consumer, its group rebalances and its statistics. On
+//! assignment it reads each partition's last commit and starts the partition where window
+//! state can be rebuilt from; the pipeline is told what changed through [`SourceContext`].
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rdkafka::client::ClientContext;
+use rdkafka::error::KafkaResult;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+
+use crate::aggregate::{Checkpoint, InputPartition, PartitionStart};
+
+/// A change of assignment, for the pipeline to apply to its state.
+#[derive(Debug)]
+pub enum Assignment {
+    Assigned(Vec<(InputPartition, PartitionStart)>),
+    Revoked(Vec<InputPartition>),
+    /// The last commits could not be read, so state could not be rebuilt: the process must
+    /// stop rather than count from a wrong starting point.
+    RestoreFailed(String),
+}
+
+/// What the client reported about one partition in its last statistics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PartitionProgress {
+    /// End of the readable log: the last stable offset, or the high watermark.
+    pub end_offset: i64,
+    /// Next offset the client will fetch.
+    pub fetch_offset: i64,
+    /// Messages fetched but not yet handed to the application.
+    pub queued: i64,
+}
+
+impl PartitionProgress {
+    /// True when everything in the partition has been fetched and handed over.
+    pub fn caught_up(&self) -> bool {
+        self.queued == 0 && self.fetch_offset >= 0 && self.fetch_offset >= self.end_offset
+    }
+}
+
+/// Consumer callbacks: rebalances and statistics, queued for the pipeline.
+pub struct SourceContext {
+    input_topics: Vec<String>,
+    changes: Mutex<Vec<Assignment>>,
+    changed: AtomicBool,
+    progress: Mutex<HashMap<InputPartition, PartitionProgress>>,
+    /// Commit results, by `result` label.
+    commits: prometheus::IntCounterVec,
+}
+
+/// How long to keep retrying the read of committed offsets during a rebalance.
+const RESTORE_ATTEMPTS: u32 = 5;
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl SourceContext {
+    /// A context for a consumer of `input_topics` (indices are [`InputPartition::topic`]).
+    pub fn new(input_topics: Vec<String>, commits: prometheus::IntCounterVec) -> SourceContext {
+        SourceContext {
+            input_topics,
+            changes: Mutex::new(Vec::new()),
+            changed: AtomicBool::new(false),
+            progress: Mutex::new(HashMap::new()),
+            commits,
+        }
+    }
+
+    /// The input topics, by index.
+    pub fn input_topics(&self) -> &[String] {
+        &self.input_topics
+    }
+
+    /// The index of `topic`, if it is an input topic.
+    pub fn topic_index(&self, topic: &str) -> Option<usize> {
+        self.input_topics.iter().position(|t| t == topic)
+    }
+
+    /// Assignment changes since the last call, oldest first.
+    pub fn take_changes(&self) -> Vec<Assignment> {
+        if !self.changed.swap(false, Ordering::AcqRel) {
+            return Vec::new();
+        }
+        std::mem::take(&mut *self.changes.lock().expect("no panics while holding the lock"))
+    }
+
+    /// The last statistics of each partition.
+    pub fn progress(&self) -> HashMap<InputPartition, PartitionProgress> {
+        self.progress.lock().expect("no panics while holding the lock").clone()
+    }
+
+    fn push(&self, change: Assignment) {
+        self.changes.lock().expect("no panics while holding the lock").push(change);
+        self.changed.store(true, Ordering::Release);
+    }
+
+    fn partitions_of(&self, tpl: &TopicPartitionList) -> Vec<InputPartition> {
+        tpl.elements()
+            .iter()
+            .filter_map(|e| {
+                let topic = self.topic_index(e.topic())?;
+                Some(InputPartition { topic, partition: e.partition() })
+            })
+            .collect()
+    }
+
+    /// Reads the last commit of every partition in `tpl` and rewrites `tpl` so that each
+    /// partition starts where its state can be rebuilt.
+    fn plan_starts(
+        &self,
+        consumer: &BaseConsumer<SourceContext>,
+        tpl: &mut TopicPartitionList,
+    ) -> Result<Vec<(InputPartition, PartitionStart)>, String> {
+        let mut last_error = String::new();
+        let mut committed = None;
+        for attempt in 1..=RESTORE_ATTEMPTS {
+            match consumer.committed_offsets(tpl.clone(), RESTORE_TIMEOUT) {
+                Ok(found) => {
+                    committed = Some(found);
+                    break;
+                }
+                Err(error) => {
+                    tracing::warn!(attempt, cause = %error, "cannot read committed offsets");
+                    last_error = error.to_string();
+                }
+            }
+        }
+        let committed = committed.ok_or(last_error)?;
+        let mut starts = Vec::new();
+        for element in committed.elements() {
+            let Some(topic) = self.topic_index(element.topic()) else { continue };
+            let partition = InputPartition { topic, partition: element.partition() };
+            let committed_offset = match element.offset() {
+                Offset::Offset(offset) => Some(offset),
+                _ => None,
+            };
+            let checkpoint = serde_json::from_str::<Checkpoint>(element.metadata()).ok();
+            let start = PartitionStart { committed_offset, checkpoint };
+            let first = match (committed_offset, checkpoint) {
+                (Some(offset), Some(checkpoint)) => Offset::Offset(checkpoint.replay_from.min(offset)),
+                (Some(offset), None) => Offset::Offset(offset),
+                _ => Offset::Invalid,
+            };
+            tpl.set_partition_offset(element.topic(), element.partition(), first)
+                .map_err(|e| e.to_string())?;
+            tracing::info!(
+                topic = element.topic(),
+                partition = element.partition(),
+                committed = ?committed_offset,
+                replay_from = ?checkpoint.map(|c| c.replay_from),
+                "partition assigned"
+            );
+            starts.push((partition, start));
+        }
+        Ok(starts)
+    }
+}
+
+impl ClientContext for SourceContext {
+    fn stats(&self, statistics: Statistics) {
+        let mut progress = self.progress.lock().expect("no panics while holding the lock");
+        progress.clear();
+        for (name, topic) in &statistics.topics {
+            let Some(index) = self.topic_index(name) else { continue };
+            for (id, partition) in &topic.partitions {
+                if *id < 0 {
+                    continue; // librdkafka's internal "unassigned" partition
+                }
+                let end_offset =
+                    if partition.ls_offset >= 0 { partition.ls_offset } else { partition.hi_offset };
+                progress.insert(
+                    InputPartition { topic: index, partition: *id },
+                    PartitionProgress {
+                        end_offset,
+                        fetch_offset: partition.next_offset,
+                        queued: partition.fetchq_cnt,
+                    },
+                );
+            }
+        }
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        tracing::warn!(cause = %error, reason, "kafka client error");
+    }
+}
+
+impl ConsumerContext for SourceContext {
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) => self.commits.with_label_values(&["ok"]).inc(),
+            Err(error) => {
+                self.commits.with_label_values(&["error"]).inc();
+                tracing::warn!(cause = %error, "offset commit failed; the next round retries");
+            }
+        }
+    }
+
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                match self.plan_starts(consumer, tpl) {
+                    Ok(starts) => {
+                        let assigned = if cooperative {
+                            consumer.incremental_assign(tpl)
+                        } else {
+                            consumer.assign(tpl)
+                        };
+                        match assigned {
+                            Ok(()) => self.push(Assignment::Assigned(starts)),
+                            Err(e) => self.push(Assignment::RestoreFailed(e.to_string())),
+                        }
+                    }
+                    Err(reason) => self.push(Assignment::RestoreFailed(reason)),
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.push(Assignment::Revoked(self.partitions_of(tpl)));
+                let result =
+                    if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() };
+                if let Err(error) = result {
+                    tracing::warn!(cause = %error, "unassign failed");
+                }
+            }
+            other => {
+                tracing::error!(code = ?other, "rebalance failed; dropping the assignment");
+                self.push(Assignment::Revoked(self.partitions_of(tpl)));
+                if let Err(error) = consumer.unassign() {
+                    tracing::warn!(cause = %error, "unassign failed");
+                }
+            }
+        }
+    }
+}
