@@ -113,7 +113,10 @@ impl PaneRing {
         let start = (from - self.first_pane).max(0);
         let end = (until - self.first_pane).min(self.panes.len() as i64);
         let mut total = Counts::ZERO;
-        for pane in self.panes.range(start.max(0) as usize..end.max(start) as usize) {
+        if start >= end {
+            return total;
+        }
+        for pane in self.panes.range(start as usize..end as usize) {
             total.impressions += u64::from(pane.impressions);
             total.installs += u64::from(pane.installs);
         }
@@ -168,6 +171,8 @@ mod tests {
         assert_eq!(ring.sum(7, 13), Counts { impressions: 2, installs: 1 });
         assert_eq!(ring.sum(8, 12), Counts { impressions: 1, installs: 0 });
         assert_eq!(ring.sum(0, 5), Counts::ZERO);
+        assert_eq!(ring.sum(20, 30), Counts::ZERO);
+        assert_eq!(PaneRing::default().sum(1, 5), Counts::ZERO);
         ring.drop_before(11);
         assert_eq!(ring.sum(0, 100), Counts { impressions: 1, installs: 0 });
         ring.drop_before(100);

@@ -155,5 +155,11 @@ pub async fn wait_for_metrics(addr: SocketAddr, timeout: Duration, mut check: im
 
 /// The series name of a per-creative gauge.
 pub fn creative_series(metric: &str, campaign: &str, creative: &str, window: &str) -> String {
+    let (campaign, creative) = (escape_label(campaign), escape_label(creative));
     format!("{metric}{{campaign_id=\"{campaign}\",creative_id=\"{creative}\",window=\"{window}\"}}")
+}
+
+/// A label value as the text exposition format writes it.
+pub fn escape_label(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
