@@ -33,7 +33,7 @@ fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
 }
 
 /// The whole service configuration, as read from file and environment.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub kafka: KafkaConfig,
@@ -149,19 +149,6 @@ pub struct ShutdownConfig {
     /// Longest time from SIGTERM to exit; keep it under the pod's termination grace period.
     #[serde(with = "humantime_serde_compat")]
     pub grace_period: Duration,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            kafka: KafkaConfig::default(),
-            input: InputConfig::default(),
-            windows: WindowsConfig::default(),
-            output: OutputConfig::default(),
-            http: HttpConfig::default(),
-            shutdown: ShutdownConfig::default(),
-        }
-    }
 }
 
 impl Default for OutputConfig {

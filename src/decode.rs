@@ -6,7 +6,6 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use chrono::format::{Fixed, Item, Numeric, Pad, Parsed};
 use chrono::DateTime;
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
@@ -56,7 +55,7 @@ pub enum KindSource {
     Field,
 }
 
-/// Where event time comes from.
+/// Where event time comes from; configured as `field` or `kafka_timestamp`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TimeSource {
@@ -121,13 +120,8 @@ const FIELD_COUNT: usize = 5;
 
 impl Field {
     /// All fields, in capture-slot order.
-    pub const ALL: [Field; FIELD_COUNT] = [
-        Field::EventId,
-        Field::Kind,
-        Field::CampaignId,
-        Field::CreativeId,
-        Field::EventTime,
-    ];
+    pub const ALL: [Field; FIELD_COUNT] =
+        [Field::EventId, Field::Kind, Field::CampaignId, Field::CreativeId, Field::EventTime];
 
     /// The settings name of the field.
     pub fn name(self) -> &'static str {
@@ -372,11 +366,7 @@ impl Decoder {
                     self.nodes.push(Node::default());
                     let index = array_index(token);
                     let parent = &mut self.nodes[at];
-                    parent.children.push(Child {
-                        key: token.as_str().into(),
-                        index,
-                        node,
-                    });
+                    parent.children.push(Child { key: token.as_str().into(), index, node });
                     parent.max_index = parent.max_index.max(index);
                     node
                 }
@@ -409,12 +399,7 @@ impl Decoder {
         };
         let mut captured = [const { Leaf::Absent }; FIELD_COUNT];
         let mut de = serde_json::Deserializer::from_str(text);
-        let seed = TopSeed(NodeSeed {
-            nodes: &self.nodes,
-            node: 0,
-            active,
-            out: &mut captured,
-        });
+        let seed = TopSeed(NodeSeed { nodes: &self.nodes, node: 0, active, out: &mut captured });
         let is_object = seed.deserialize(&mut de).map_err(|_| Rejection::NotJson)?;
         de.end().map_err(|_| Rejection::NotJson)?;
         if !is_object {
@@ -432,13 +417,7 @@ impl Decoder {
             TimeSource::Field => time_ms(&time)?,
             TimeSource::KafkaTimestamp => kafka_timestamp_ms.ok_or(Rejection::MissingTime)?,
         };
-        Ok(Event {
-            event_id: id_text(event_id),
-            kind,
-            campaign_id,
-            creative_id,
-            event_time_ms,
-        })
+        Ok(Event { event_id: id_text(event_id), kind, campaign_id, creative_id, event_time_ms })
     }
 
     fn kind_of(&self, value: &Leaf<'_>) -> Result<EventKind, Rejection> {
@@ -461,10 +440,7 @@ fn parse_pointer(field: Field, pointer: &str) -> Result<Vec<String>, PointerErro
         return Ok(Vec::new());
     }
     let Some(rest) = pointer.strip_prefix('/') else {
-        return Err(PointerError::MissingLeadingSlash {
-            field,
-            pointer: pointer.to_owned(),
-        });
+        return Err(PointerError::MissingLeadingSlash { field, pointer: pointer.to_owned() });
     };
     rest.split('/')
         .map(|raw| {
@@ -479,10 +455,7 @@ fn parse_pointer(field: Field, pointer: &str) -> Result<Vec<String>, PointerErro
                     Some('0') => token.push('~'),
                     Some('1') => token.push('/'),
                     _ => {
-                        return Err(PointerError::BadEscape {
-                            field,
-                            pointer: pointer.to_owned(),
-                        })
+                        return Err(PointerError::BadEscape { field, pointer: pointer.to_owned() })
                     }
                 }
             }
@@ -543,55 +516,32 @@ fn float_ms(ms: f64) -> Result<i64, Rejection> {
     }
 }
 
-/// `yyyy-mm-dd hh:mm:ss[.f*]`, spelled out as items so no format string is parsed per event.
-const NAIVE_ITEMS: &[Item<'static>] = &[
-    Item::Numeric(Numeric::Year, Pad::Zero),
-    Item::Literal("-"),
-    Item::Numeric(Numeric::Month, Pad::Zero),
-    Item::Literal("-"),
-    Item::Numeric(Numeric::Day, Pad::Zero),
-    Item::Literal(" "),
-    Item::Numeric(Numeric::Hour, Pad::Zero),
-    Item::Literal(":"),
-    Item::Numeric(Numeric::Minute, Pad::Zero),
-    Item::Literal(":"),
-    Item::Numeric(Numeric::Second, Pad::Zero),
-    Item::Fixed(Fixed::Nanosecond),
-];
-
-const NAIVE_VIA_RFC: bool = true;
 fn text_ms(text: &str) -> Result<i64, Rejection> {
     if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
         return text.parse().map_err(|_| Rejection::BadTime);
     }
-    if is_naive_shape(text) {
-        if NAIVE_VIA_RFC {
-            // chrono's RFC 3339 parser accepts a space separator and is several times faster than
-            // its format-driven one, so the UTC designator is appended on the stack. Fraction
-            // digits past nanoseconds are dropped first, as chrono would ignore them anyway.
-            let keep = text.len().min(19 + 1 + 9);
-            let mut buf = [0u8; 19 + 1 + 9 + 1];
-            buf[..keep].copy_from_slice(&text.as_bytes()[..keep]);
-            buf[keep] = b'Z';
-            let zoned = std::str::from_utf8(&buf[..=keep]).map_err(|_| Rejection::BadTime)?;
-            return DateTime::parse_from_rfc3339(zoned)
-                .map(|time| time.timestamp_millis())
-                .map_err(|_| Rejection::BadTime);
-        }
-        let mut parsed = Parsed::new();
-        chrono::format::parse(&mut parsed, text, NAIVE_ITEMS.iter())
-            .and_then(|()| parsed.to_naive_datetime_with_offset(0))
-            .map(|naive| naive.and_utc().timestamp_millis())
-            .map_err(|_| Rejection::BadTime)
+    let mut zoned = [0u8; NAIVE_MAX_LEN + 1];
+    let text = if is_naive_shape(text) {
+        // chrono's RFC 3339 parser accepts a space separator and is several times faster than its
+        // format-string parser, so a UTC designator is appended in a stack buffer. Fraction digits
+        // past nanoseconds are dropped first; chrono ignores them anyway.
+        let keep = text.len().min(NAIVE_MAX_LEN);
+        zoned[..keep].copy_from_slice(&text.as_bytes()[..keep]);
+        zoned[keep] = b'Z';
+        std::str::from_utf8(&zoned[..=keep]).map_err(|_| Rejection::BadTime)?
     } else {
-        DateTime::parse_from_rfc3339(text)
-            .map(|time| time.timestamp_millis())
-            .map_err(|_| Rejection::BadTime)
-    }
+        text
+    };
+    DateTime::parse_from_rfc3339(text)
+        .map(|time| time.timestamp_millis())
+        .map_err(|_| Rejection::BadTime)
 }
 
-/// Exactly `dddd-dd-dd dd:dd:dd` plus an optional `.d+`, so chrono's leniency about widths,
-/// signs and whitespace in numeric fields does not widen the accepted format.
+/// `yyyy-mm-dd hh:mm:ss` plus a dot and nanosecond digits.
+const NAIVE_MAX_LEN: usize = 19 + 1 + 9;
+
+/// Exactly `dddd-dd-dd dd:dd:dd` plus an optional `.d+`: AppsFlyer's format, which has no offset
+/// and is read as UTC.
 fn is_naive_shape(text: &str) -> bool {
     let b = text.as_bytes();
     if b.len() < 19 {
@@ -695,12 +645,7 @@ impl<'de> NodeSeed<'_, '_, 'de> {
         if self.nodes[node].subtree & self.active == 0 {
             return None;
         }
-        Some(NodeSeed {
-            nodes: self.nodes,
-            node,
-            active: self.active,
-            out: &mut *self.out,
-        })
+        Some(NodeSeed { nodes: self.nodes, node, active: self.active, out: &mut *self.out })
     }
 }
 
@@ -936,12 +881,7 @@ mod tests {
 
     #[test]
     fn event_id_is_none_when_absent_null_empty_or_not_a_scalar_id() {
-        for event_id in [
-            "",
-            r#","event_id":null"#,
-            r#","event_id":"""#,
-            r#","event_id":{}"#,
-        ] {
+        for event_id in ["", r#","event_id":null"#, r#","event_id":"""#, r#","event_id":{}"#] {
             let payload = format!(
                 r#"{{"type":"install","campaign_id":"c","creative_id":"x","ts":1{event_id}}}"#
             );
@@ -975,10 +915,7 @@ mod tests {
     #[test]
     fn rfc3339_fraction_beyond_millis_is_truncated() {
         assert_eq!(time_of(json!("2026-12-03T10:00:00.2509Z")), Ok(T_250));
-        assert_eq!(
-            time_of(json!("2026-12-03T10:00:00.250999999999999Z")),
-            Ok(T_250)
-        );
+        assert_eq!(time_of(json!("2026-12-03T10:00:00.250999999999999Z")), Ok(T_250));
         assert_eq!(time_of(json!("2026-12-03T10:00:00.25Z")), Ok(T_250));
         assert_eq!(time_of(json!("2026-12-03T10:00:00.2Z")), Ok(T_250 - 50));
     }
@@ -1073,9 +1010,7 @@ mod tests {
             &br#"{"type":"install","campaign_id":"c","creative_id":"x"}"#[..],
             br#"{"type":"install","campaign_id":"c","creative_id":"x","ts":"garbage"}"#,
         ] {
-            let event = decoder
-                .decode(payload, &KindSource::Field, Some(T_250))
-                .unwrap();
+            let event = decoder.decode(payload, &KindSource::Field, Some(T_250)).unwrap();
             assert_eq!(event.event_time_ms, T_250);
         }
     }
@@ -1084,18 +1019,13 @@ mod tests {
     fn kafka_timestamp_source_without_timestamp_is_missing_time() {
         let decoder = with(|s| s.time_source = TimeSource::KafkaTimestamp);
         let payload = br#"{"type":"install","campaign_id":"c","creative_id":"x","ts":1}"#;
-        assert_eq!(
-            decoder.decode(payload, &KindSource::Field, None),
-            Err(Rejection::MissingTime)
-        );
+        assert_eq!(decoder.decode(payload, &KindSource::Field, None), Err(Rejection::MissingTime));
     }
 
     #[test]
     fn field_time_source_ignores_kafka_timestamp() {
         let payload = br#"{"type":"install","campaign_id":"c","creative_id":"x","ts":5}"#;
-        let event = decoder()
-            .decode(payload, &KindSource::Field, Some(T_250))
-            .unwrap();
+        let event = decoder().decode(payload, &KindSource::Field, Some(T_250)).unwrap();
         assert_eq!(event.event_time_ms, 5);
     }
 
@@ -1225,12 +1155,7 @@ mod tests {
 
     #[test]
     fn fixed_kind_ignores_type_field() {
-        for type_field in [
-            "",
-            r#""type":"click","#,
-            r#""type":{"a":[1]},"#,
-            r#""type":null,"#,
-        ] {
+        for type_field in ["", r#""type":"click","#, r#""type":{"a":[1]},"#, r#""type":null,"#] {
             let payload = format!(r#"{{{type_field}"campaign_id":"c","creative_id":"x","ts":1}}"#);
             let kind = KindSource::Fixed(EventKind::Install);
             let event = decoder().decode(payload.as_bytes(), &kind, None).unwrap();
@@ -1266,10 +1191,7 @@ mod tests {
 
     #[test]
     fn invalid_utf8_is_not_utf8() {
-        assert_eq!(
-            decode(b"{\"campaign_id\":\"\xff\"}"),
-            Err(Rejection::NotUtf8)
-        );
+        assert_eq!(decode(b"{\"campaign_id\":\"\xff\"}"), Err(Rejection::NotUtf8));
     }
 
     #[test]
@@ -1315,15 +1237,8 @@ mod tests {
 
     #[test]
     fn valid_json_that_is_not_an_object_is_not_object() {
-        for payload in [
-            &b"[1,{\"a\":2}]"[..],
-            b"\"str\"",
-            b"42",
-            b"-1.5",
-            b"null",
-            b"true",
-            b"[]",
-        ] {
+        for payload in [&b"[1,{\"a\":2}]"[..], b"\"str\"", b"42", b"-1.5", b"null", b"true", b"[]"]
+        {
             assert_eq!(decode(payload), Err(Rejection::NotObject), "{payload:?}");
         }
     }
@@ -1339,11 +1254,7 @@ mod tests {
             r#""campaign_id":1.5,"#,
         ] {
             let payload = format!(r#"{{{campaign}"type":"install","creative_id":"x","ts":1}}"#);
-            assert_eq!(
-                decode(payload.as_bytes()),
-                Err(Rejection::MissingCampaignId),
-                "{payload}"
-            );
+            assert_eq!(decode(payload.as_bytes()), Err(Rejection::MissingCampaignId), "{payload}");
         }
     }
 
@@ -1375,10 +1286,7 @@ mod tests {
 
     #[test]
     fn first_failing_check_decides_the_rejection() {
-        assert_eq!(
-            decode(br#"{"ts":"soon"}"#),
-            Err(Rejection::MissingCampaignId)
-        );
+        assert_eq!(decode(br#"{"ts":"soon"}"#), Err(Rejection::MissingCampaignId));
         assert_eq!(
             decode(br#"{"campaign_id":"c","ts":"soon"}"#),
             Err(Rejection::MissingCreativeId)
@@ -1408,13 +1316,7 @@ mod tests {
     #[test]
     fn pointer_without_leading_slash_is_rejected_naming_it() {
         let err = pointer_error(|s| s.campaign_id = "campaign_id".into());
-        assert!(matches!(
-            err,
-            PointerError::MissingLeadingSlash {
-                field: Field::CampaignId,
-                ..
-            }
-        ));
+        assert!(matches!(err, PointerError::MissingLeadingSlash { field: Field::CampaignId, .. }));
         assert!(err.to_string().contains("\"campaign_id\""), "{err}");
     }
 
@@ -1422,13 +1324,7 @@ mod tests {
     fn bad_tilde_escapes_are_rejected_naming_the_pointer() {
         for pointer in ["/a~2", "/a~", "/~/b", "/~a"] {
             let err = pointer_error(|s| s.creative_id = pointer.into());
-            assert!(matches!(
-                err,
-                PointerError::BadEscape {
-                    field: Field::CreativeId,
-                    ..
-                }
-            ));
+            assert!(matches!(err, PointerError::BadEscape { field: Field::CreativeId, .. }));
             assert!(err.to_string().contains(&format!("{pointer:?}")), "{err}");
         }
     }
@@ -1439,13 +1335,7 @@ mod tests {
             s.time_source = TimeSource::KafkaTimestamp;
             s.event_time = "ts".into();
         });
-        assert!(matches!(
-            err,
-            PointerError::MissingLeadingSlash {
-                field: Field::EventTime,
-                ..
-            }
-        ));
+        assert!(matches!(err, PointerError::MissingLeadingSlash { field: Field::EventTime, .. }));
     }
 
     #[test]
@@ -1455,37 +1345,21 @@ mod tests {
             s.creative_id = "/a/b".into();
         });
         let message = err.to_string();
-        assert!(
-            message.contains("\"/a\"") && message.contains("\"/a/b\""),
-            "{message}"
-        );
+        assert!(message.contains("\"/a\"") && message.contains("\"/a/b\""), "{message}");
         let err = pointer_error(|s| {
             s.campaign_id = "/a/b/c".into();
             s.creative_id = "/a/b".into();
         });
         assert!(matches!(
             err,
-            PointerError::Overlap {
-                field: Field::CreativeId,
-                other_field: Field::CampaignId,
-                ..
-            }
+            PointerError::Overlap { field: Field::CreativeId, other_field: Field::CampaignId, .. }
         ));
     }
 
     #[test]
     fn root_pointer_overlaps_every_other_pointer() {
         let err = pointer_error(|s| s.event_id = String::new());
-        assert!(
-            matches!(
-                err,
-                PointerError::Overlap {
-                    field: Field::Kind,
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, PointerError::Overlap { field: Field::Kind, .. }), "{err}");
     }
 
     #[test]
@@ -1497,10 +1371,7 @@ mod tests {
         };
         assert!(Decoder::new(&settings).is_ok());
         settings.time_source = TimeSource::Field;
-        assert!(matches!(
-            Decoder::new(&settings),
-            Err(PointerError::Overlap { .. })
-        ));
+        assert!(matches!(Decoder::new(&settings), Err(PointerError::Overlap { .. })));
     }
 
     #[test]
@@ -1528,16 +1399,12 @@ mod tests {
         for rejection in Rejection::ALL {
             let code = rejection.code();
             assert!(
-                code.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+                code.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
                 "{code}"
             );
             assert!(!rejection.to_string().is_empty());
         }
-        assert_eq!(
-            Rejection::MissingCampaignId.to_string(),
-            "campaign id is missing or empty"
-        );
+        assert_eq!(Rejection::MissingCampaignId.to_string(), "campaign id is missing or empty");
     }
 
     #[test]
@@ -1575,8 +1442,8 @@ mod tests {
             any::<bool>().prop_map(Value::Bool),
             any::<i64>().prop_map(Value::from),
             any::<u64>().prop_map(Value::from),
-            any::<f64>().prop_filter_map("finite", |f| serde_json::Number::from_f64(f)
-                .map(Value::Number)),
+            any::<f64>()
+                .prop_filter_map("finite", |f| serde_json::Number::from_f64(f).map(Value::Number)),
             any::<String>().prop_map(Value::String),
             prop::sample::select(vec![
                 "",
@@ -1622,48 +1489,39 @@ mod tests {
             Just(Value::from("2026-12-03 10:00:00.250")),
         ];
         (
-            (
-                mostly(id()),
-                mostly(id()),
-                mostly(id()),
-                mostly(kind),
-                mostly(ts),
-            ),
+            (mostly(id()), mostly(id()), mostly(id()), mostly(kind), mostly(ts)),
             any::<bool>(),
             prop::collection::vec((key(), json_value()), 0..3),
         )
-            .prop_map(
-                |((event_id, campaign, creative, kind, ts), nested, extra)| {
-                    let mut object: serde_json::Map<String, Value> = extra.into_iter().collect();
-                    let put =
-                        |object: &mut serde_json::Map<_, _>, key: &str, value: Option<Value>| {
-                            if let Some(value) = value {
-                                object.insert(key.to_owned(), value);
-                            }
-                        };
-                    if nested {
-                        let mut campaign_object = serde_json::Map::new();
-                        put(&mut campaign_object, "id", campaign);
-                        let mut creative_object = serde_json::Map::new();
-                        put(&mut creative_object, "id", creative);
-                        let mut meta = serde_json::Map::new();
-                        put(&mut meta, "type", kind);
-                        put(&mut meta, "ts", ts);
-                        let mut items = vec![Value::Object(creative_object)];
-                        items.extend(event_id);
-                        object.insert("campaign".into(), Value::Object(campaign_object));
-                        object.insert("items".into(), Value::Array(items));
-                        object.insert("meta".into(), Value::Object(meta));
-                    } else {
-                        put(&mut object, "event_id", event_id);
-                        put(&mut object, "campaign_id", campaign);
-                        put(&mut object, "creative_id", creative);
-                        put(&mut object, "type", kind);
-                        put(&mut object, "ts", ts);
+            .prop_map(|((event_id, campaign, creative, kind, ts), nested, extra)| {
+                let mut object: serde_json::Map<String, Value> = extra.into_iter().collect();
+                let put = |object: &mut serde_json::Map<_, _>, key: &str, value: Option<Value>| {
+                    if let Some(value) = value {
+                        object.insert(key.to_owned(), value);
                     }
-                    Value::Object(object)
-                },
-            )
+                };
+                if nested {
+                    let mut campaign_object = serde_json::Map::new();
+                    put(&mut campaign_object, "id", campaign);
+                    let mut creative_object = serde_json::Map::new();
+                    put(&mut creative_object, "id", creative);
+                    let mut meta = serde_json::Map::new();
+                    put(&mut meta, "type", kind);
+                    put(&mut meta, "ts", ts);
+                    let mut items = vec![Value::Object(creative_object)];
+                    items.extend(event_id);
+                    object.insert("campaign".into(), Value::Object(campaign_object));
+                    object.insert("items".into(), Value::Array(items));
+                    object.insert("meta".into(), Value::Object(meta));
+                } else {
+                    put(&mut object, "event_id", event_id);
+                    put(&mut object, "campaign_id", campaign);
+                    put(&mut object, "creative_id", creative);
+                    put(&mut object, "type", kind);
+                    put(&mut object, "ts", ts);
+                }
+                Value::Object(object)
+            })
     }
 
     fn leaf_of(value: Option<&Value>) -> Leaf<'_> {
@@ -1800,146 +1658,5 @@ mod tests {
             let plain = escaped == format!("\"{campaign_id}\"");
             prop_assert_eq!(matches!(event.campaign_id, Cow::Borrowed(_)), plain);
         }
-    }
-}
-
-#[cfg(test)]
-mod bench_tmp {
-    use super::*;
-    use serde::Deserialize;
-    use std::hint::black_box;
-    use std::time::Instant;
-
-    fn time<F: FnMut()>(name: &str, mut f: F) {
-        for _ in 0..10_000 { f(); }
-        let n = 300_000;
-        let mut best = f64::MAX;
-        for _ in 0..9 {
-            let t = Instant::now();
-            for _ in 0..n { f(); }
-            best = best.min(t.elapsed().as_nanos() as f64 / n as f64);
-        }
-        eprintln!("{name:<55} {best:7.1} ns");
-    }
-
-    fn decode_from_slice<'a>(d: &Decoder, payload: &'a [u8]) -> Result<bool, Rejection> {
-        let mut captured = [const { Leaf::Absent }; FIELD_COUNT];
-        let mut de = serde_json::Deserializer::from_slice(payload);
-        let seed = TopSeed(NodeSeed { nodes: &d.nodes, node: 0, active: 0x1f, out: &mut captured });
-        let ok = seed.deserialize(&mut de).map_err(|_| Rejection::NotJson)?;
-        de.end().map_err(|_| Rejection::NotJson)?;
-        let [_, _, c, _, t] = captured;
-        black_box(&c);
-        black_box(time_ms(&t)?);
-        Ok(ok)
-    }
-
-
-    struct Skip;
-    impl<'de> DeserializeSeed<'de> for Skip {
-        type Value = ();
-        fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> Result<(), D::Error> { de.deserialize_any(self) }
-    }
-    impl<'de> Visitor<'de> for Skip {
-        type Value = ();
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result { f.write_str("any") }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-            while map.next_key_seed(Skip)?.is_some() { map.next_value_seed(Skip)?; }
-            Ok(())
-        }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-            while seq.next_element_seed(Skip)?.is_some() {}
-            Ok(())
-        }
-        fn visit_borrowed_str<E>(self, _: &'de str) -> Result<(), E> { Ok(()) }
-        fn visit_str<E>(self, _: &str) -> Result<(), E> { Ok(()) }
-        fn visit_i64<E>(self, _: i64) -> Result<(), E> { Ok(()) }
-        fn visit_u64<E>(self, _: u64) -> Result<(), E> { Ok(()) }
-        fn visit_f64<E>(self, _: f64) -> Result<(), E> { Ok(()) }
-        fn visit_bool<E>(self, _: bool) -> Result<(), E> { Ok(()) }
-        fn visit_unit<E>(self) -> Result<(), E> { Ok(()) }
-    }
-
-    #[test]
-    #[ignore]
-    fn bench_skip() {
-        let rfc = r#"{"event_id":"5f0c2a9e-3b1d-4c55-9a43-1f2e3d4c5b6a","type":"impression","campaign_id":"cmp-123456","creative_id":"cr-98765","ts":"2026-12-03T10:00:00.250Z"}"#;
-        let mut big = String::from(r#"{"event_id":"5f0c2a9e-3b1d-4c55-9a43-1f2e3d4c5b6a","type":"install","campaign_id":"cmp-123456","creative_id":"cr-98765","ts":"2026-12-03T10:00:00.250Z""#);
-        for i in 0..25 {
-            big.push_str(&format!(r#","extra_field_{i}":{{"name":"some value {i}","list":[1,2.5,"x",null,true],"s":"text with \"escapes\" \u00e9"}}"#));
-        }
-        big.push('}');
-        let mut floats = String::from("[");
-        for i in 0..100 { floats.push_str(&format!("{}.{}e-3,", i * 7919, i)); }
-        floats.push_str("1]");
-        for (name, text) in [("default", rfc), ("big", big.as_str()), ("floats", floats.as_str())] {
-            time(&format!("IgnoredAny {name}"), || { let mut de = serde_json::Deserializer::from_str(black_box(text)); black_box(IgnoredAny::deserialize(&mut de).unwrap()); });
-            time(&format!("Skip {name}"), || { let mut de = serde_json::Deserializer::from_str(black_box(text)); black_box(Skip.deserialize(&mut de).unwrap()); });
-        }
-    }
-
-    #[derive(serde::Deserialize)]
-    #[allow(dead_code)]
-    struct Derived<'a> {
-        #[serde(borrow)]
-        event_id: Cow<'a, str>,
-        #[serde(borrow, rename = "type")]
-        kind: Cow<'a, str>,
-        #[serde(borrow)]
-        campaign_id: Cow<'a, str>,
-        #[serde(borrow)]
-        creative_id: Cow<'a, str>,
-        #[serde(borrow)]
-        ts: Cow<'a, str>,
-    }
-
-    #[test]
-    #[ignore]
-    fn bench_parts() {
-        let d = Decoder::new(&DecodeSettings::default()).unwrap();
-        let rfc = r#"{"event_id":"5f0c2a9e-3b1d-4c55-9a43-1f2e3d4c5b6a","type":"impression","campaign_id":"cmp-123456","creative_id":"cr-98765","ts":"2026-12-03T10:00:00.250Z"}"#;
-        time("walk only (from_str, TopSeed+end)", || {
-            let mut captured = [const { Leaf::Absent }; FIELD_COUNT];
-            let mut de = serde_json::Deserializer::from_str(black_box(rfc));
-            let seed = TopSeed(NodeSeed { nodes: &d.nodes, node: 0, active: 0x1f, out: &mut captured });
-            black_box(seed.deserialize(&mut de).unwrap());
-            de.end().unwrap();
-            black_box(&captured);
-        });
-        time("serde derive struct, borrowed Cow fields", || {
-            black_box(serde_json::from_str::<Derived>(black_box(rfc)).unwrap());
-        });
-        time("full decode", || { black_box(d.decode(black_box(rfc.as_bytes()), &KindSource::Field, None).unwrap()); });
-    }
-    #[test]
-    #[ignore]
-    fn bench() {
-        let d = Decoder::new(&DecodeSettings::default()).unwrap();
-        let k = KindSource::Field;
-        let rfc = br#"{"event_id":"5f0c2a9e-3b1d-4c55-9a43-1f2e3d4c5b6a","type":"impression","campaign_id":"cmp-123456","creative_id":"cr-98765","ts":"2026-12-03T10:00:00.250Z"}"#;
-        let int = br#"{"event_id":"5f0c2a9e-3b1d-4c55-9a43-1f2e3d4c5b6a","type":"impression","campaign_id":"cmp-123456","creative_id":"cr-98765","ts":1796292000250}"#;
-        let naive = br#"{"event_id":"5f0c2a9e-3b1d-4c55-9a43-1f2e3d4c5b6a","type":"impression","campaign_id":"cmp-123456","creative_id":"cr-98765","ts":"2026-12-03 10:00:00.250"}"#;
-        let mut big = String::from(r#"{"event_id":"5f0c2a9e-3b1d-4c55-9a43-1f2e3d4c5b6a","type":"install","campaign_id":"cmp-123456","creative_id":"cr-98765","ts":"2026-12-03T10:00:00.250Z""#);
-        for i in 0..25 {
-            big.push_str(&format!(r#","extra_field_{i}":{{"name":"some value {i}","list":[1,2.5,"x",null,true],"s":"text with \"escapes\" \u00e9"}}"#));
-        }
-        big.push('}');
-        let big = big.into_bytes();
-        eprintln!("sizes: rfc {} int {} big {}", rfc.len(), int.len(), big.len());
-        assert!(d.decode(&big, &k, None).is_ok());
-        time("decode default shape, ts RFC 3339 string", || { black_box(d.decode(black_box(rfc), &k, None).unwrap()); });
-        time("decode default shape, ts integer millis", || { black_box(d.decode(black_box(int), &k, None).unwrap()); });
-        time("decode default shape, ts AppsFlyer string", || { black_box(d.decode(black_box(naive), &k, None).unwrap()); });
-        time("decode default shape, Fixed kind", || { black_box(d.decode(black_box(rfc), &KindSource::Fixed(EventKind::Install), None).unwrap()); });
-        time("decode 3.7KB payload (25 extra objects)", || { black_box(d.decode(black_box(&big), &k, None).unwrap()); });
-        time("from_slice walk (no upfront utf8) default shape", || { black_box(decode_from_slice(&d, black_box(rfc)).unwrap()); });
-        time("from_slice walk (no upfront utf8) 3.7KB", || { black_box(decode_from_slice(&d, black_box(&big)).unwrap()); });
-        time("std::str::from_utf8 default shape", || { black_box(std::str::from_utf8(black_box(rfc)).unwrap()); });
-        time("std::str::from_utf8 3.7KB", || { black_box(std::str::from_utf8(black_box(&big)).unwrap()); });
-        time("serde_json::from_slice::<Value> default shape (baseline)", || { black_box(serde_json::from_slice::<serde_json::Value>(black_box(rfc)).unwrap()); });
-        time("chrono parse_from_rfc3339", || { black_box(DateTime::parse_from_rfc3339(black_box("2026-12-03T10:00:00.250Z")).unwrap().timestamp_millis()); });
-        time("text_ms naive via const items", || { black_box(text_ms(black_box("2026-12-03 10:00:00.250")).unwrap()); });
-        time("NaiveDateTime::parse_from_str naive", || { black_box(chrono::NaiveDateTime::parse_from_str(black_box("2026-12-03 10:00:00.250"), "%Y-%m-%d %H:%M:%S%.f").unwrap().and_utc().timestamp_millis()); });
-        time("text_ms digits", || { black_box(text_ms(black_box("1796292000250")).unwrap()); });
     }
 }

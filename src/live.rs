@@ -37,7 +37,8 @@ impl LiveState {
 
     /// Values matching `query`, sorted by campaign, creative and window.
     pub fn query(&self, query: &Query) -> Vec<IpmRecord> {
-        let matches = |wanted: &Option<String>, value: &str| wanted.as_deref().is_none_or(|w| w == value);
+        let matches =
+            |wanted: &Option<String>, value: &str| wanted.as_deref().is_none_or(|w| w == value);
         let mut found: Vec<IpmRecord> = self
             .values
             .iter()
@@ -50,7 +51,11 @@ impl LiveState {
             .map(|entry| entry.value().clone())
             .collect();
         found.sort_by(|a, b| {
-            (&a.campaign_id, &a.creative_id, &a.window).cmp(&(&b.campaign_id, &b.creative_id, &b.window))
+            (&a.campaign_id, &a.creative_id, &a.window).cmp(&(
+                &b.campaign_id,
+                &b.creative_id,
+                &b.window,
+            ))
         });
         found
     }

@@ -87,9 +87,18 @@ impl Metrics {
         let gauge = |name: &str, help: &str| register(&registry, Gauge::new(name, help));
         let int_gauge = |name: &str, help: &str| register(&registry, IntGauge::new(name, help));
         let metrics = Metrics {
-            ipm: creative(names::IPM, "Installs per thousand impressions in the window (NaN without impressions)."),
-            ipm_lower: creative(names::IPM_LOWER, "Lower bound of the 95% Wilson interval of the IPM."),
-            ipm_upper: creative(names::IPM_UPPER, "Upper bound of the 95% Wilson interval of the IPM."),
+            ipm: creative(
+                names::IPM,
+                "Installs per thousand impressions in the window (NaN without impressions).",
+            ),
+            ipm_lower: creative(
+                names::IPM_LOWER,
+                "Lower bound of the 95% Wilson interval of the IPM.",
+            ),
+            ipm_upper: creative(
+                names::IPM_UPPER,
+                "Upper bound of the 95% Wilson interval of the IPM.",
+            ),
             window_impressions: creative(names::WINDOW_IMPRESSIONS, "Impressions in the window."),
             window_installs: creative(names::WINDOW_INSTALLS, "Installs in the window."),
             events_consumed: counter_vec(

@@ -198,7 +198,10 @@ mod tests {
     #[test]
     fn keys_stay_distinct_when_ids_contain_separators() {
         let key = |campaign: &str, creative: &str| {
-            record_key(&CreativeKey { campaign_id: campaign.into(), creative_id: creative.into() }, "5m")
+            record_key(
+                &CreativeKey { campaign_id: campaign.into(), creative_id: creative.into() },
+                "5m",
+            )
         };
         assert_ne!(key("a|b", "c"), key("a", "b|c"));
         assert_ne!(key("a\",\"b", "c"), key("a", "b\",\"c"));

@@ -454,7 +454,10 @@ impl Processor {
             let spec = &self.windows[update.window];
             let record = IpmRecord::new(update, spec, round.watermark_ms, now);
             let value = serde_json::to_vec(&record).expect("records always serialize");
-            batch.push(OutputRecord { key: record_key(&update.key, &spec.name), value: Some(value) });
+            batch.push(OutputRecord {
+                key: record_key(&update.key, &spec.name),
+                value: Some(value),
+            });
             records.push((update.key.clone(), record));
         }
         for key in &round.evicted {

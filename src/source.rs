@@ -8,8 +8,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use rdkafka::client::ClientContext;
-use rdkafka::error::KafkaResult;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::KafkaResult;
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
@@ -141,7 +141,9 @@ impl SourceContext {
             let checkpoint = serde_json::from_str::<Checkpoint>(element.metadata()).ok();
             let start = PartitionStart { committed_offset, checkpoint };
             let first = match (committed_offset, checkpoint) {
-                (Some(offset), Some(checkpoint)) => Offset::Offset(checkpoint.replay_from.min(offset)),
+                (Some(offset), Some(checkpoint)) => {
+                    Offset::Offset(checkpoint.replay_from.min(offset))
+                }
                 (Some(offset), None) => Offset::Offset(offset),
                 _ => Offset::Invalid,
             };
@@ -170,8 +172,11 @@ impl ClientContext for SourceContext {
                 if *id < 0 {
                     continue; // librdkafka's internal "unassigned" partition
                 }
-                let end_offset =
-                    if partition.ls_offset >= 0 { partition.ls_offset } else { partition.hi_offset };
+                let end_offset = if partition.ls_offset >= 0 {
+                    partition.ls_offset
+                } else {
+                    partition.hi_offset
+                };
                 progress.insert(
                     InputPartition { topic: index, partition: *id },
                     PartitionProgress {
@@ -226,8 +231,11 @@ impl ConsumerContext for SourceContext {
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 self.push(Assignment::Revoked(self.partitions_of(tpl)));
-                let result =
-                    if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() };
+                let result = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
                 if let Err(error) = result {
                     tracing::warn!(cause = %error, "unassign failed");
                 }

@@ -2,6 +2,7 @@
 //! every test shares a single broker startup.
 
 mod pipeline;
+mod restart;
 mod support;
 
 use std::time::Duration;
@@ -56,21 +57,13 @@ async fn committed_offsets_reads_back_offset_and_metadata() {
         .create()
         .expect("create committing consumer");
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(&topic, 1, Offset::Offset(42))
-        .unwrap();
-    tpl.find_partition(&topic, 1)
-        .unwrap()
-        .set_metadata("window=2024-01-01T00:00:00Z;v=1");
-    committer
-        .commit(&tpl, CommitMode::Sync)
-        .expect("commit offsets");
+    tpl.add_partition_offset(&topic, 1, Offset::Offset(42)).unwrap();
+    tpl.find_partition(&topic, 1).unwrap().set_metadata("window=2024-01-01T00:00:00Z;v=1");
+    committer.commit(&tpl, CommitMode::Sync).expect("commit offsets");
 
     let committed = kafka::committed_offsets(bootstrap, &group, &topic, 2);
     assert_eq!(
         committed,
-        vec![
-            (0, -1, None),
-            (1, 42, Some("window=2024-01-01T00:00:00Z;v=1".to_string()))
-        ]
+        vec![(0, -1, None), (1, 42, Some("window=2024-01-01T00:00:00Z;v=1".to_string()))]
     );
 }

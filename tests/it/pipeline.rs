@@ -16,17 +16,18 @@ use crate::support::service::{
 };
 
 /// 2026-12-03T08:00:00Z.
-const T0: i64 = 1_796_284_800_000;
-const PARTITIONS: i32 = 3;
-const KEYS: [(&str, &str); 4] =
+pub(crate) const T0: i64 = 1_796_284_800_000;
+pub(crate) const PARTITIONS: i32 = 3;
+pub(crate) const KEYS: [(&str, &str); 4] =
     [("c-1", "cr-a"), ("c-1", "cr/b|x"), ("c-2", "cr-a"), ("c-2", "crème \"7\"")];
 
 /// A small deterministic generator, so every run produces the same stream.
-struct Lcg(u64);
+pub(crate) struct Lcg(u64);
 
 impl Lcg {
-    fn next(&mut self, below: u64) -> u64 {
-        self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+    pub(crate) fn next(&mut self, below: u64) -> u64 {
+        self.0 =
+            self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
         (self.0 >> 33) % below
     }
 }
@@ -34,7 +35,12 @@ impl Lcg {
 /// Events of one kind for one partition: times step forward with jitter below the
 /// out-of-orderness bound, so nothing is late and the expected output is exact; keys are
 /// skewed towards the first one.
-fn partition_events(seed: u64, install: bool, step_ms: i64, count: usize) -> Vec<RefEvent> {
+pub(crate) fn partition_events(
+    seed: u64,
+    install: bool,
+    step_ms: i64,
+    count: usize,
+) -> Vec<RefEvent> {
     let mut rng = Lcg(seed);
     (0..count)
         .map(|i| {
@@ -43,13 +49,15 @@ fn partition_events(seed: u64, install: bool, step_ms: i64, count: usize) -> Vec
                 campaign_id: key.0.into(),
                 creative_id: key.1.into(),
                 install,
-                time_ms: T0 + i as i64 * step_ms + rng.next((OUT_OF_ORDERNESS_MS - 1000) as u64) as i64,
+                time_ms: T0
+                    + i as i64 * step_ms
+                    + rng.next((OUT_OF_ORDERNESS_MS - 1000) as u64) as i64,
             }
         })
         .collect()
 }
 
-fn json_event(event: &RefEvent, id: usize) -> Vec<u8> {
+pub(crate) fn json_event(event: &RefEvent, id: usize) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({
         "event_id": format!("e-{id}"),
         "campaign_id": event.campaign_id,
@@ -61,12 +69,12 @@ fn json_event(event: &RefEvent, id: usize) -> Vec<u8> {
 
 /// Watermark once every partition's events are read: the slowest partition's newest event
 /// minus the out-of-orderness.
-fn final_watermark(partitions: &[Vec<RefEvent>]) -> i64 {
+pub(crate) fn final_watermark(partitions: &[Vec<RefEvent>]) -> i64 {
     partitions.iter().map(|p| p.iter().map(|e| e.time_ms).max().unwrap()).min().unwrap()
         - OUT_OF_ORDERNESS_MS
 }
 
-async fn produce_partitions(bootstrap: &str, topic: &str, partitions: &[Vec<RefEvent>]) {
+pub(crate) async fn produce_partitions(bootstrap: &str, topic: &str, partitions: &[Vec<RefEvent>]) {
     let mut records = Vec::new();
     for (partition, events) in partitions.iter().enumerate() {
         for (i, event) in events.iter().enumerate() {
@@ -80,7 +88,7 @@ async fn produce_partitions(bootstrap: &str, topic: &str, partitions: &[Vec<RefE
     kafka::produce(bootstrap, topic, &records).await;
 }
 
-fn last_boundary(window: &RefWindow, watermark: i64) -> i64 {
+pub(crate) fn last_boundary(window: &RefWindow, watermark: i64) -> i64 {
     watermark.div_euclid(window.slide_ms) * window.slide_ms
 }
 
@@ -93,10 +101,12 @@ async fn separate_topics_publish_exact_window_values_across_out_of_order_partiti
     kafka::create_compacted_topic(bootstrap, &config.output.topic, 2).await;
 
     // Partitions advance at different paces, so they interleave out of order.
-    let impressions: Vec<Vec<RefEvent>> =
-        (0..PARTITIONS).map(|p| partition_events(11 + p as u64, false, 700 + 150 * p as i64, 800)).collect();
-    let installs: Vec<Vec<RefEvent>> =
-        (0..PARTITIONS).map(|p| partition_events(97 + p as u64, true, 9_000 + 1000 * p as i64, 60)).collect();
+    let impressions: Vec<Vec<RefEvent>> = (0..PARTITIONS)
+        .map(|p| partition_events(11 + p as u64, false, 700 + 150 * p as i64, 800))
+        .collect();
+    let installs: Vec<Vec<RefEvent>> = (0..PARTITIONS)
+        .map(|p| partition_events(97 + p as u64, true, 9_000 + 1000 * p as i64, 60))
+        .collect();
     produce_partitions(bootstrap, &config.input.impressions_topic, &impressions).await;
     produce_partitions(bootstrap, &config.input.installs_topic, &installs).await;
     let all: Vec<RefEvent> = impressions.iter().chain(&installs).flatten().cloned().collect();
@@ -117,10 +127,8 @@ async fn separate_topics_publish_exact_window_values_across_out_of_order_partiti
 
     // Gauges hold the values of the last boundary each window passed.
     let impressions_topic = config.input.impressions_topic.clone();
-    let counted = format!(
-        "{}{{outcome=\"counted\",topic=\"{impressions_topic}\"}}",
-        names::EVENTS_CONSUMED
-    );
+    let counted =
+        format!("{}{{outcome=\"counted\",topic=\"{impressions_topic}\"}}", names::EVENTS_CONSUMED);
     let metrics = wait_for_metrics(service.http_addr, Duration::from_secs(20), |m| {
         m.get(&counted) == Some(&(PARTITIONS as f64 * 800.0))
     })
@@ -143,8 +151,11 @@ async fn separate_topics_publish_exact_window_values_across_out_of_order_partiti
     assert_eq!(metrics[&installs_counted], PARTITIONS as f64 * 60.0);
     assert_eq!(metrics[names::ACTIVE_KEYS], KEYS.len() as f64);
     assert_eq!(metrics[names::WATERMARK], watermark as f64 / 1000.0);
-    let late: Vec<f64> =
-        metrics.iter().filter(|(k, _)| k.starts_with(names::LATE_EVENTS)).map(|(_, v)| *v).collect();
+    let late: Vec<f64> = metrics
+        .iter()
+        .filter(|(k, _)| k.starts_with(names::LATE_EVENTS))
+        .map(|(_, v)| *v)
+        .collect();
     assert_eq!(late, [0.0, 0.0]);
 
     // The pull API serves the same values.
@@ -156,7 +167,10 @@ async fn separate_topics_publish_exact_window_values_across_out_of_order_partiti
     let served: Vec<IpmRecord> = serde_json::from_str(&body).unwrap();
     assert_eq!(served.len(), 1);
     let end = last_boundary(window, watermark);
-    assert_eq!((served[0].impressions, served[0].installs), value_at(&all, window, (campaign, creative), end));
+    assert_eq!(
+        (served[0].impressions, served[0].installs),
+        value_at(&all, window, (campaign, creative), end)
+    );
     assert_eq!(served[0].window_end, ipm_stream::output::rfc3339(end));
     assert_eq!(get(service.http_addr, "/readyz").await.0, 200);
     assert_eq!(get(service.http_addr, "/healthz").await.0, 200);
@@ -212,8 +226,16 @@ async fn one_topic_layout_reads_nested_postbacks_through_field_pointers() {
         partitions.push(events);
     }
     // Messages that cannot be counted are skipped and counted by reason.
-    for bad in [&b"{\"event_name\":\"view\""[..], b"[1,2]", br#"{"event_name":"click","attribution":{"af_c_id":"c","af_ad_id":"x"},"times":[1]}"#] {
-        records.push(TestRecord { partition: Some(0), value: Some(bad.to_vec()), ..TestRecord::default() });
+    for bad in [
+        &b"{\"event_name\":\"view\""[..],
+        b"[1,2]",
+        br#"{"event_name":"click","attribution":{"af_c_id":"c","af_ad_id":"x"},"times":[1]}"#,
+    ] {
+        records.push(TestRecord {
+            partition: Some(0),
+            value: Some(bad.to_vec()),
+            ..TestRecord::default()
+        });
     }
     kafka::produce(bootstrap, &config.input.events_topic, &records).await;
     let all: Vec<RefEvent> = partitions.iter().flatten().cloned().collect();
@@ -289,7 +311,12 @@ async fn idle_partitions_let_stopped_traffic_decay_to_zero_and_be_evicted() {
     evicted.sort();
     assert_eq!(
         evicted,
-        [r#"["c-idle","a","20s"]"#, r#"["c-idle","a","30s"]"#, r#"["c-idle","b","20s"]"#, r#"["c-idle","b","30s"]"#]
+        [
+            r#"["c-idle","a","20s"]"#,
+            r#"["c-idle","a","30s"]"#,
+            r#"["c-idle","b","20s"]"#,
+            r#"["c-idle","b","30s"]"#
+        ]
     );
     // Each window's last record before the tombstone is zero.
     for (creative, window) in [("a", "20s"), ("a", "30s"), ("b", "20s"), ("b", "30s")] {

@@ -99,12 +99,7 @@ fn start() -> Result<Broker, String> {
     let format = Command::new(&java)
         .arg("-cp")
         .arg(&classpath)
-        .args([
-            "-Xmx256m",
-            "-XX:TieredStopAtLevel=1",
-            "kafka.tools.StorageTool",
-            "format",
-        ])
+        .args(["-Xmx256m", "-XX:TieredStopAtLevel=1", "kafka.tools.StorageTool", "format"])
         .arg("--config")
         .arg(&props)
         .arg("--cluster-id")
@@ -123,11 +118,7 @@ fn start() -> Result<Broker, String> {
 
     let mut log4j_opt = OsString::from("-Dlog4j2.configurationFile=");
     log4j_opt.push(&log4j);
-    let keep = if std::env::var_os("IPM_KAFKA_KEEP_DIR").is_some() {
-        "1"
-    } else {
-        "0"
-    };
+    let keep = if std::env::var_os("IPM_KAFKA_KEEP_DIR").is_some() { "1" } else { "0" };
     let mut launcher = Command::new("sh")
         .arg("-c")
         .arg(WATCHDOG)
@@ -139,12 +130,7 @@ fn start() -> Result<Broker, String> {
         .arg(&java)
         // Small heap, serial GC and C1-only JIT: a test broker wants fast startup, not peak
         // throughput, and several test binaries may each run one on a 2-core machine.
-        .args([
-            "-Xms64m",
-            "-Xmx512m",
-            "-XX:+UseSerialGC",
-            "-XX:TieredStopAtLevel=1",
-        ])
+        .args(["-Xms64m", "-Xmx512m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"])
         .args(["-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true"])
         .arg(log4j_opt)
         .arg("-cp")
@@ -170,14 +156,10 @@ fn start() -> Result<Broker, String> {
         .map_err(|e| format!("cannot create the readiness probe client: {e}"))?;
     loop {
         if let Ok(Some(status)) = launcher.try_wait() {
-            return Err(failure(
-                &log,
-                &format!("Kafka broker exited during startup ({status})"),
-            ));
+            return Err(failure(&log, &format!("Kafka broker exited during startup ({status})")));
         }
-        let brokers = probe
-            .fetch_metadata(None, Duration::from_secs(2))
-            .map_or(0, |m| m.brokers().len());
+        let brokers =
+            probe.fetch_metadata(None, Duration::from_secs(2)).map_or(0, |m| m.brokers().len());
         if brokers > 0 {
             break;
         }
@@ -244,9 +226,7 @@ fn ensure_jars() -> Result<PathBuf, String> {
         return Ok(dir);
     }
     let mvn = require_tool("mvn", "-v")?;
-    let parent = dir
-        .parent()
-        .ok_or_else(|| format!("bad jar dir {}", dir.display()))?;
+    let parent = dir.parent().ok_or_else(|| format!("bad jar dir {}", dir.display()))?;
     fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
 
     // Copy into a private directory and rename it into place, so two test processes
@@ -291,10 +271,7 @@ fn ensure_jars() -> Result<PathBuf, String> {
             dir.display()
         ));
     }
-    note(&format!(
-        "fetched Kafka jars in {:.1}s",
-        fetched.elapsed().as_secs_f64()
-    ));
+    note(&format!("fetched Kafka jars in {:.1}s", fetched.elapsed().as_secs_f64()));
     Ok(dir)
 }
 
@@ -309,9 +286,7 @@ fn default_cache_dir() -> PathBuf {
 
 fn has_kafka_jar(dir: &Path) -> bool {
     fs::read_dir(dir).is_ok_and(|entries| {
-        entries
-            .flatten()
-            .any(|e| e.file_name().to_string_lossy().starts_with("kafka_2.13-"))
+        entries.flatten().any(|e| e.file_name().to_string_lossy().starts_with("kafka_2.13-"))
     })
 }
 
@@ -370,9 +345,7 @@ fn cluster_id() -> String {
 }
 
 fn nanos() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos())
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos())
 }
 
 fn write(path: &Path, contents: &str) -> Result<(), String> {
@@ -383,10 +356,7 @@ fn failure(log: &Path, what: &str) -> String {
     let text = fs::read_to_string(log).unwrap_or_else(|e| format!("(no log: {e})"));
     let lines: Vec<&str> = text.lines().collect();
     let tail = lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n");
-    format!(
-        "{what}\n--- last {LOG_TAIL_LINES} lines of {} ---\n{tail}",
-        log.display()
-    )
+    format!("{what}\n--- last {LOG_TAIL_LINES} lines of {} ---\n{tail}", log.display())
 }
 
 /// Progress messages go straight to stderr: libtest captures `eprintln!`, and a silent

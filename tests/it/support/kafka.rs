@@ -38,19 +38,13 @@ pub struct Consumed {
 pub fn unique(prefix: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     format!("{prefix}-{}-{n}-{nanos}", std::process::id())
 }
 
 /// Creates a topic with replication factor 1 and waits until every partition has a leader.
 pub async fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
-    create(
-        bootstrap,
-        NewTopic::new(name, partitions, TopicReplication::Fixed(1)),
-    )
-    .await;
+    create(bootstrap, NewTopic::new(name, partitions, TopicReplication::Fixed(1))).await;
 }
 
 /// Like [`create_topic`], with `cleanup.policy=compact`.
@@ -66,10 +60,7 @@ async fn create(bootstrap: &str, topic: NewTopic<'_>) {
         .create()
         .expect("create admin client");
     let opts = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
-    let results = admin
-        .create_topics([&topic], &opts)
-        .await
-        .expect("create_topics request");
+    let results = admin.create_topics([&topic], &opts).await.expect("create_topics request");
     for result in results {
         if let Err((name, code)) = result {
             panic!("creating topic {name} failed: {code}");
@@ -80,9 +71,7 @@ async fn create(bootstrap: &str, topic: NewTopic<'_>) {
     let (name, partitions) = (topic.name, topic.num_partitions);
     let deadline = Instant::now() + ADMIN_TIMEOUT;
     loop {
-        let metadata = admin
-            .inner()
-            .fetch_metadata(Some(name), Duration::from_secs(5));
+        let metadata = admin.inner().fetch_metadata(Some(name), Duration::from_secs(5));
         let ready = metadata.is_ok_and(|m| {
             m.topics().iter().any(|t| {
                 t.name() == name
@@ -94,10 +83,7 @@ async fn create(bootstrap: &str, topic: NewTopic<'_>) {
         if ready {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "topic {name} has no leaders after {ADMIN_TIMEOUT:?}"
-        );
+        assert!(Instant::now() < deadline, "topic {name} has no leaders after {ADMIN_TIMEOUT:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -156,14 +142,10 @@ pub async fn consume_until(
         .iter()
         .find(|t| t.name() == topic)
         .map_or(0, |t| t.partitions().len());
-    assert!(
-        partitions > 0,
-        "topic {topic} has no partitions (does it exist?)"
-    );
+    assert!(partitions > 0, "topic {topic} has no partitions (does it exist?)");
     let mut tpl = TopicPartitionList::new();
     for p in 0..i32::try_from(partitions).expect("partition count fits i32") {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .expect("add partition");
+        tpl.add_partition_offset(topic, p, Offset::Beginning).expect("add partition");
     }
     consumer.assign(&tpl).expect("assign partitions");
 
@@ -180,12 +162,7 @@ pub async fn consume_until(
         };
         let headers = msg.headers().map_or_else(Vec::new, |hs| {
             hs.iter()
-                .map(|h| {
-                    (
-                        h.key.to_string(),
-                        h.value.map_or_else(Vec::new, <[u8]>::to_vec),
-                    )
-                })
+                .map(|h| (h.key.to_string(), h.value.map_or_else(Vec::new, <[u8]>::to_vec)))
                 .collect()
         });
         seen.push(Consumed {
@@ -230,9 +207,7 @@ pub fn committed_offsets(
                 Offset::Offset(o) => o,
                 _ => -1,
             };
-            let metadata = Some(e.metadata())
-                .filter(|m| !m.is_empty())
-                .map(str::to_owned);
+            let metadata = Some(e.metadata()).filter(|m| !m.is_empty()).map(str::to_owned);
             (e.partition(), offset, metadata)
         })
         .collect()

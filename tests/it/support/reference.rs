@@ -25,7 +25,12 @@ pub struct RefWindow {
 pub type Values = BTreeMap<(String, String, String, i64), (u64, u64)>;
 
 /// The counts of `key` in the window ending at `end_ms`.
-pub fn value_at(events: &[RefEvent], window: &RefWindow, key: (&str, &str), end_ms: i64) -> (u64, u64) {
+pub fn value_at(
+    events: &[RefEvent],
+    window: &RefWindow,
+    key: (&str, &str),
+    end_ms: i64,
+) -> (u64, u64) {
     let mut impressions = 0;
     let mut installs = 0;
     for event in events {
@@ -57,7 +62,10 @@ pub fn changes(events: &[RefEvent], windows: &[RefWindow], watermark_ms: i64) ->
             while end <= watermark_ms {
                 let value = value_at(events, window, (campaign, creative), end);
                 if value != previous {
-                    out.insert((campaign.clone(), creative.clone(), window.name.into(), end), value);
+                    out.insert(
+                        (campaign.clone(), creative.clone(), window.name.into(), end),
+                        value,
+                    );
                     previous = value;
                 }
                 end += window.slide_ms;

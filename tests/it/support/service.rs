@@ -97,9 +97,11 @@ pub fn parse_output(records: &[Consumed]) -> Output {
         };
         let parsed: IpmRecord = serde_json::from_slice(value).expect("output is an IpmRecord");
         let expected_key =
-            serde_json::to_string(&[&parsed.campaign_id, &parsed.creative_id, &parsed.window]).unwrap();
+            serde_json::to_string(&[&parsed.campaign_id, &parsed.creative_id, &parsed.window])
+                .unwrap();
         assert_eq!(key, expected_key, "record key matches its value");
-        let end = chrono::DateTime::parse_from_rfc3339(&parsed.window_end).unwrap().timestamp_millis();
+        let end =
+            chrono::DateTime::parse_from_rfc3339(&parsed.window_end).unwrap().timestamp_millis();
         let counts = (parsed.impressions, parsed.installs);
         let previous = output.values.insert(
             (parsed.campaign_id.clone(), parsed.creative_id.clone(), parsed.window.clone(), end),
@@ -114,8 +116,15 @@ pub fn parse_output(records: &[Consumed]) -> Output {
 }
 
 /// Reads `topic` until `done` holds for its parsed output.
-pub async fn read_output(bootstrap: &str, topic: &str, timeout: Duration, mut done: impl FnMut(&Output) -> bool) -> Output {
-    let records = kafka::consume_until(bootstrap, topic, timeout, |records| done(&parse_output(records))).await;
+pub async fn read_output(
+    bootstrap: &str,
+    topic: &str,
+    timeout: Duration,
+    mut done: impl FnMut(&Output) -> bool,
+) -> Output {
+    let records =
+        kafka::consume_until(bootstrap, topic, timeout, |records| done(&parse_output(records)))
+            .await;
     parse_output(&records)
 }
 
@@ -138,7 +147,11 @@ pub fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
 }
 
 /// Polls `/metrics` until `check` passes on the parsed series, or panics with the last text.
-pub async fn wait_for_metrics(addr: SocketAddr, timeout: Duration, mut check: impl FnMut(&BTreeMap<String, f64>) -> bool) -> BTreeMap<String, f64> {
+pub async fn wait_for_metrics(
+    addr: SocketAddr,
+    timeout: Duration,
+    mut check: impl FnMut(&BTreeMap<String, f64>) -> bool,
+) -> BTreeMap<String, f64> {
     let deadline = Instant::now() + timeout;
     loop {
         let (_, text) = get(addr, "/metrics").await;
