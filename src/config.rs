@@ -409,6 +409,15 @@ mod tests {
     }
 
     #[test]
+    fn shipped_config_files_load() {
+        for name in ["ipm-stream.toml", "production.example.toml", "appsflyer.example.toml"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config").join(name);
+            let config = Config::load_with_env(Some(&path), env(&[]));
+            assert!(config.is_ok(), "{name}: {}", config.unwrap_err());
+        }
+    }
+
+    #[test]
     fn defaults_hold_three_windows_named_by_size() {
         let config = Config::load_with_env(None, env(&[])).unwrap();
         let names: Vec<_> = config.window_specs().unwrap().into_iter().map(|w| w.name).collect();

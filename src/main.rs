@@ -47,7 +47,6 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(error) => {
             tracing::error!("{error}");
-            eprintln!("ipm-stream: {error}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };

@@ -1,6 +1,7 @@
 //! Integration tests against a real Kafka broker (see `support::broker`); one test binary so
 //! every test shares a single broker startup.
 
+mod cli;
 mod pipeline;
 mod restart;
 mod support;
