@@ -164,6 +164,9 @@ pub struct AggregatorSettings {
     pub windows: Vec<WindowSpec>,
     pub out_of_orderness_ms: i64,
     pub idle_timeout_ms: i64,
+    /// Events this far behind the watermark stay replayable even when no window needs them,
+    /// so that state kept elsewhere (remembered event ids) is rebuilt too. Zero for none.
+    pub replay_horizon_ms: i64,
 }
 
 /// Event-time window state for every partition assigned to this processor.
@@ -303,6 +306,12 @@ impl Aggregator {
     /// True while any held partition is still being read again to rebuild state.
     pub fn restoring(&self) -> bool {
         self.partitions.values().any(PartitionState::replaying)
+    }
+
+    /// True when the message at `offset` of `partition` is being read again to rebuild state.
+    pub fn is_replay(&self, partition: InputPartition, offset: i64) -> bool {
+        let state = self.partitions.get(&partition);
+        state.and_then(|s| s.replay_until).is_some_and(|until| offset < until)
     }
 
     /// Records that the message at `offset` of `partition` was read, whatever it held.
@@ -550,6 +559,13 @@ impl Aggregator {
             .expect("at least one window")
     }
 
+    /// Oldest event time a rebuild must read again: the window horizon, or further back for
+    /// state kept outside the aggregator.
+    fn replay_horizon_ms(&self) -> i64 {
+        let watermark = self.watermark_ms.unwrap_or(i64::MIN);
+        self.horizon_ms().min(watermark.saturating_sub(self.settings.replay_horizon_ms))
+    }
+
     /// Drops keys with nothing in any window and replay bookkeeping older than the horizon.
     fn evict(&mut self, round: &mut Round) {
         let horizon = self.horizon_ms();
@@ -563,11 +579,11 @@ impl Aggregator {
             .filter(|id| self.entries[*id].is_some() && newest[*id] < horizon)
             .map(|id| id as KeyId)
             .collect();
+        let first_live_bucket = self.replay_horizon_ms().div_euclid(self.bucket_ms);
         for state in self.partitions.values_mut() {
             for id in &expired {
                 state.keys.remove(id);
             }
-            let first_live_bucket = horizon.div_euclid(self.bucket_ms);
             state.first_offsets = state.first_offsets.split_off(&first_live_bucket);
         }
         for id in expired {
@@ -617,6 +633,7 @@ mod tests {
             ],
             out_of_orderness_ms: 5 * SECOND,
             idle_timeout_ms: 30 * SECOND,
+            replay_horizon_ms: 0,
         }
     }
 

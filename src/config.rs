@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::deadletter::OnError;
 use crate::decode::{DecodeSettings, TimeSource};
 use crate::window::WindowSpec;
 
@@ -40,6 +41,8 @@ pub struct Config {
     pub input: InputConfig,
     pub windows: WindowsConfig,
     pub output: OutputConfig,
+    pub dead_letter: DeadLetterConfig,
+    pub dedupe: DedupeConfig,
     pub http: HttpConfig,
     pub shutdown: ShutdownConfig,
 }
@@ -79,6 +82,12 @@ pub struct InputConfig {
     pub impression_types: Vec<String>,
     /// Values of the type field that mean an install (`single` layout).
     pub install_types: Vec<String>,
+    /// Larger messages are not decoded; they go where `dead_letter.on_error` says.
+    pub max_message_bytes: usize,
+    /// Events timed further ahead of the wall clock than this are refused, so that a skewed
+    /// upstream clock cannot push the watermark past everyone else's events.
+    #[serde(with = "humantime_serde_compat")]
+    pub max_future: Duration,
     pub fields: FieldsConfig,
 }
 
@@ -135,6 +144,26 @@ pub struct OutputConfig {
     pub topic: String,
 }
 
+/// Where messages that cannot be counted go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeadLetterConfig {
+    /// `dead_letter`, `drop` or `fail`.
+    pub on_error: OnError,
+    pub topic: String,
+}
+
+/// Deduplication by event id.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DedupeConfig {
+    pub enabled: bool,
+    /// How long an id is remembered, in event time; defaults to the longest window plus the
+    /// out-of-orderness, beyond which a copy could not be counted anyway.
+    #[serde(default, with = "humantime_serde_option")]
+    pub horizon: Option<Duration>,
+}
+
 /// The HTTP port for metrics, health and the pull API.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -149,6 +178,18 @@ pub struct ShutdownConfig {
     /// Longest time from SIGTERM to exit; keep it under the pod's termination grace period.
     #[serde(with = "humantime_serde_compat")]
     pub grace_period: Duration,
+}
+
+impl Default for DeadLetterConfig {
+    fn default() -> Self {
+        DeadLetterConfig { on_error: OnError::DeadLetter, topic: "ipm.dead-letter".into() }
+    }
+}
+
+impl Default for DedupeConfig {
+    fn default() -> Self {
+        DedupeConfig { enabled: true, horizon: None }
+    }
 }
 
 impl Default for OutputConfig {
@@ -192,6 +233,8 @@ impl Default for InputConfig {
             event_time: TimeSource::Field,
             impression_types: vec!["impression".into()],
             install_types: vec!["install".into()],
+            max_message_bytes: 1_000_000,
+            max_future: Duration::from_secs(600),
             fields: FieldsConfig::default(),
         }
     }
@@ -281,13 +324,23 @@ impl Config {
             }
             Layout::Single => vec![("input.events_topic", &self.input.events_topic)],
         };
-        for (key, topic) in topics.iter().chain([&("output.topic", &self.output.topic)]) {
+        let outputs =
+            [("output.topic", &self.output.topic), ("dead_letter.topic", &self.dead_letter.topic)];
+        for (key, topic) in topics.iter().chain(&outputs) {
             if topic.trim().is_empty() {
                 return Err(invalid(key, "must not be empty"));
             }
-            if topics.iter().any(|(_, t)| *t == &self.output.topic) {
-                return Err(invalid("output.topic", "must differ from every input topic"));
+        }
+        for (key, topic) in outputs {
+            if topics.iter().any(|(_, t)| *t == topic) {
+                return Err(invalid(key, "must differ from every input topic"));
             }
+        }
+        if self.output.topic == self.dead_letter.topic {
+            return Err(invalid("dead_letter.topic", "must differ from output.topic"));
+        }
+        if self.input.max_message_bytes == 0 {
+            return Err(invalid("input.max_message_bytes", "must be above zero"));
         }
         if self.windows.list.is_empty() {
             return Err(invalid("windows.list", "must hold at least one window"));
@@ -355,6 +408,22 @@ impl Config {
         duration_ms(self.windows.out_of_orderness)
     }
 
+    /// How long event ids are remembered for deduplication, in milliseconds.
+    pub fn dedupe_horizon_ms(&self) -> i64 {
+        match self.dedupe.horizon {
+            Some(horizon) => duration_ms(horizon),
+            None => {
+                let longest = self.windows.list.iter().map(|w| duration_ms(w.size)).max();
+                longest.unwrap_or(0) + self.out_of_orderness_ms()
+            }
+        }
+    }
+
+    /// `input.max_future` in milliseconds.
+    pub fn max_future_ms(&self) -> i64 {
+        duration_ms(self.input.max_future)
+    }
+
     /// Idle timeout in milliseconds.
     pub fn idle_timeout_ms(&self) -> i64 {
         duration_ms(self.windows.idle_timeout)
@@ -391,6 +460,24 @@ mod humantime_serde_compat {
     }
 }
 
+/// An optional duration, as [`humantime_serde_compat`].
+mod humantime_serde_option {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        match Option::<String>::deserialize(deserializer)? {
+            None => Ok(None),
+            Some(text) => humantime::parse_duration(&text).map(Some).map_err(|e| {
+                serde::de::Error::custom(format!("`{text}` is not a duration like 10s or 5m: {e}"))
+            }),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -424,6 +511,19 @@ mod tests {
         assert_eq!(names, ["5m", "1h", "24h"]);
         assert_eq!(config.output.topic, "ipm.live");
         assert_eq!(config.out_of_orderness_ms(), 30_000);
+        assert_eq!(config.dedupe_horizon_ms(), 86_400_000 + 30_000);
+        assert_eq!(config.dead_letter.on_error, OnError::DeadLetter);
+    }
+
+    #[test]
+    fn dead_letter_mode_and_dedupe_horizon_are_read() {
+        let config = Config::load_with_env(
+            None,
+            env(&[("IPM__DEAD_LETTER__ON_ERROR", "drop"), ("IPM__DEDUPE__HORIZON", "2h")]),
+        )
+        .unwrap();
+        assert_eq!(config.dead_letter.on_error, OnError::Drop);
+        assert_eq!(config.dedupe_horizon_ms(), 7_200_000);
     }
 
     #[test]

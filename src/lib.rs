@@ -16,7 +16,9 @@
 
 pub mod aggregate;
 pub mod config;
+pub mod deadletter;
 pub mod decode;
+pub mod dedupe;
 pub mod http;
 pub mod ipm;
 pub mod live;

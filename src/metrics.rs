@@ -17,6 +17,10 @@ pub mod names {
     pub const EVENTS_CONSUMED: &str = "ipm_stream_events_consumed_total";
     pub const EVENTS_REJECTED: &str = "ipm_stream_events_rejected_total";
     pub const LATE_EVENTS: &str = "ipm_stream_late_events_total";
+    pub const DEAD_LETTERS: &str = "ipm_stream_dead_letters_total";
+    pub const DUPLICATES: &str = "ipm_stream_duplicates_total";
+    pub const EVENTS_WITHOUT_ID: &str = "ipm_stream_events_without_id_total";
+    pub const DEDUPE_IDS: &str = "ipm_stream_dedupe_ids";
     pub const CONSUMER_LAG: &str = "ipm_stream_consumer_lag_messages";
     pub const WATERMARK: &str = "ipm_stream_watermark_timestamp_seconds";
     pub const WATERMARK_DELAY: &str = "ipm_stream_watermark_delay_seconds";
@@ -46,6 +50,8 @@ pub mod outcome {
     pub const REJECTED: &str = "rejected";
     /// Read again to rebuild state; not counted a second time.
     pub const REPLAYED: &str = "replayed";
+    /// A copy of an event already counted.
+    pub const DUPLICATE: &str = "duplicate";
 }
 
 /// The registry and every metric in it.
@@ -59,6 +65,10 @@ pub struct Metrics {
     pub events_consumed: IntCounterVec,
     pub events_rejected: IntCounterVec,
     pub late_events: IntCounterVec,
+    pub dead_letters: IntCounterVec,
+    pub duplicates: IntCounterVec,
+    pub events_without_id: IntCounterVec,
+    pub dedupe_ids: IntGauge,
     pub consumer_lag: IntGaugeVec,
     pub watermark: Gauge,
     pub watermark_delay: Gauge,
@@ -103,12 +113,13 @@ impl Metrics {
             window_installs: creative(names::WINDOW_INSTALLS, "Installs in the window."),
             events_consumed: counter_vec(
                 names::EVENTS_CONSUMED,
-                "Input messages read, by topic and outcome (counted, late, rejected, replayed).",
+                "Input messages read, by topic and outcome (counted, late, rejected, duplicate, \
+                 replayed).",
                 &["topic", "outcome"],
             ),
             events_rejected: counter_vec(
                 names::EVENTS_REJECTED,
-                "Input messages that could not be decoded, by topic and reason.",
+                "Input messages that could not be counted, by topic and reason.",
                 &["topic", "reason"],
             ),
             late_events: counter_vec(
@@ -116,6 +127,23 @@ impl Metrics {
                 "Events too late for a window's next emission, by window.",
                 &["window"],
             ),
+            dead_letters: counter_vec(
+                names::DEAD_LETTERS,
+                "Messages written to the dead-letter topic and acknowledged, by source topic and \
+                 reason.",
+                &["topic", "reason"],
+            ),
+            duplicates: counter_vec(
+                names::DUPLICATES,
+                "Events skipped because a copy with the same id was already counted.",
+                &["topic"],
+            ),
+            events_without_id: counter_vec(
+                names::EVENTS_WITHOUT_ID,
+                "Events counted without an id, which cannot be deduplicated.",
+                &["topic"],
+            ),
+            dedupe_ids: int_gauge(names::DEDUPE_IDS, "Event ids remembered for deduplication."),
             consumer_lag: register(
                 &registry,
                 IntGaugeVec::new(

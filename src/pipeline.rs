@@ -18,7 +18,9 @@ use crate::aggregate::{
     Aggregator, AggregatorSettings, CommitPoint, CreativeKey, InputPartition, Observation, Round,
 };
 use crate::config::{Config, ConfigError, Layout};
-use crate::decode::{Decoder, EventKind, KindSource, Rejection};
+use crate::deadletter::{DeadLetters, OnError, Reason};
+use crate::decode::{Decoder, EventKind, KindSource};
+use crate::dedupe::{Deduper, Seen};
 use crate::http::{self, HttpState};
 use crate::ipm::Ipm;
 use crate::live::LiveState;
@@ -38,6 +40,8 @@ pub enum PipelineError {
     Http { addr: SocketAddr, source: std::io::Error },
     #[error("cannot rebuild state for an assigned partition: {0}")]
     Restore(String),
+    #[error("message at {topic}/{partition}@{offset} cannot be counted ({reason}) and dead_letter.on_error is `fail`")]
+    BadInput { topic: String, partition: i32, offset: i64, reason: &'static str },
 }
 
 /// How often the pipeline checks idleness, lag and the watermark when no message arrives. A
@@ -103,7 +107,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         windows: windows.clone(),
         out_of_orderness_ms: config.out_of_orderness_ms(),
         idle_timeout_ms: config.idle_timeout_ms(),
+        replay_horizon_ms: if config.dedupe.enabled { config.dedupe_horizon_ms() } else { 0 },
     });
+    let shortest_slide_ms = windows.iter().map(|w| w.slide_ms).min().unwrap_or(1000);
+    let deduper =
+        config.dedupe.enabled.then(|| Deduper::new(config.dedupe_horizon_ms(), shortest_slide_ms));
     let processor = Processor {
         aggregator,
         decoder,
@@ -113,7 +121,14 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         late_by_window,
         metrics: metrics.clone(),
         live: live.clone(),
-        publisher: Publisher::new(producer, config.output.topic.clone()),
+        publisher: Publisher::new(producer.clone(), config.output.topic.clone()),
+        dead_letters: DeadLetters::new(producer, config.dead_letter.topic.clone()),
+        on_error: config.dead_letter.on_error,
+        deduper,
+        limits: Limits {
+            max_message_bytes: config.input.max_message_bytes,
+            max_future_ms: config.max_future_ms(),
+        },
         rejections: RejectionLog::default(),
         restore_started: None,
         output_healthy: true,
@@ -182,6 +197,7 @@ struct TopicCounters {
     counted: prometheus::IntCounter,
     late: prometheus::IntCounter,
     rejected: prometheus::IntCounter,
+    duplicate: prometheus::IntCounter,
     replayed: prometheus::IntCounter,
 }
 
@@ -193,6 +209,7 @@ impl TopicCounters {
             counted: consumed(outcome::COUNTED),
             late: consumed(outcome::LATE),
             rejected: consumed(outcome::REJECTED),
+            duplicate: consumed(outcome::DUPLICATE),
             replayed: consumed(outcome::REPLAYED),
         }
     }
@@ -201,15 +218,15 @@ impl TopicCounters {
 /// Logs rejected messages at most once per interval per reason, with how many were skipped.
 #[derive(Default)]
 struct RejectionLog {
-    last: std::collections::HashMap<Rejection, (Instant, u64)>,
+    last: std::collections::HashMap<Reason, (Instant, u64)>,
 }
 
 const REJECTION_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 impl RejectionLog {
-    fn note(&mut self, rejection: Rejection, topic: &str, partition: i32, offset: i64) {
+    fn note(&mut self, reason: Reason, topic: &str, partition: i32, offset: i64) {
         let now = Instant::now();
-        let (logged_at, suppressed) = self.last.entry(rejection).or_insert((now, 0));
+        let (logged_at, suppressed) = self.last.entry(reason).or_insert((now, 0));
         if *suppressed > 0 && now.duration_since(*logged_at) < REJECTION_LOG_INTERVAL {
             *suppressed += 1;
             return;
@@ -218,13 +235,28 @@ impl RejectionLog {
             topic,
             partition,
             offset,
-            reason = rejection.code(),
+            reason = reason.code(),
             similar_since_last_log = suppressed.saturating_sub(1),
-            "input message rejected: {rejection}"
+            "input message not counted: {reason}"
         );
         *logged_at = now;
         *suppressed = 1;
     }
+}
+
+/// What became of one input message.
+enum Handled {
+    Counted,
+    /// Read again to rebuild state; its effects were already published.
+    Replayed,
+    Duplicate,
+    Refused(Reason),
+}
+
+/// Bounds on input messages.
+struct Limits {
+    max_message_bytes: usize,
+    max_future_ms: i64,
 }
 
 /// Everything the loop mutates, apart from the consumer that messages borrow from.
@@ -238,6 +270,10 @@ struct Processor {
     metrics: Arc<Metrics>,
     live: Arc<LiveState>,
     publisher: Publisher,
+    dead_letters: DeadLetters,
+    on_error: OnError,
+    deduper: Option<Deduper>,
+    limits: Limits,
     rejections: RejectionLog,
     /// When the current state rebuild began, for the restore-duration metric.
     restore_started: Option<Instant>,
@@ -265,9 +301,15 @@ async fn run(
                 if let Err(error) = processor.apply_assignments(&consumer) {
                     break Err(error);
                 }
-                match message {
+                let handled = match message {
                     Ok(message) => processor.on_message(&message),
-                    Err(error) => tracing::warn!(cause = %error, "kafka consume error"),
+                    Err(error) => {
+                        tracing::warn!(cause = %error, "kafka consume error");
+                        Ok(())
+                    }
+                };
+                if let Err(error) = handled {
+                    break Err(error);
                 }
             }
             _ = tick.tick() => {
@@ -313,6 +355,9 @@ impl Processor {
                         let topic = &self.counters[partition.topic].topic;
                         let label = partition.partition.to_string();
                         let _ = self.metrics.consumer_lag.remove_label_values(&[topic, &label]);
+                        if let Some(deduper) = &mut self.deduper {
+                            deduper.revoke(partition);
+                        }
                         for key in self.aggregator.revoke(partition) {
                             self.forget(&key);
                         }
@@ -326,51 +371,129 @@ impl Processor {
         Ok(())
     }
 
-    fn on_message(&mut self, message: &BorrowedMessage<'_>) {
-        let Some(topic) = self.topic_index(message.topic()) else { return };
+    fn on_message(&mut self, message: &BorrowedMessage<'_>) -> Result<(), PipelineError> {
+        let Some(topic) = self.topic_index(message.topic()) else { return Ok(()) };
         let partition = InputPartition { topic, partition: message.partition() };
-        let offset = message.offset();
-        let now = now_ms();
         let payload = message.payload().unwrap_or_default();
         let kafka_time = message.timestamp().to_millis();
+        let handled = self.count(partition, message.offset(), payload, kafka_time, now_ms());
         let counters = &self.counters[topic];
-        match self.decoder.decode(payload, &self.kinds[topic], kafka_time) {
-            Ok(event) => {
-                let observation = Observation {
-                    campaign_id: &event.campaign_id,
-                    creative_id: &event.creative_id,
-                    kind: event.kind,
-                    event_time_ms: event.event_time_ms,
-                };
-                let admission = self.aggregator.observe(partition, offset, &observation, now);
-                if admission.replayed {
-                    counters.replayed.inc();
-                    return;
-                }
-                if admission.counted {
-                    counters.counted.inc();
-                } else if admission.late_windows != 0 {
-                    counters.late.inc();
-                }
-                let mut late = admission.late_windows;
-                while late != 0 {
-                    self.late_by_window[late.trailing_zeros() as usize].inc();
-                    late &= late - 1;
-                }
+        match handled {
+            Handled::Counted => counters.counted.inc(),
+            Handled::Replayed => counters.replayed.inc(),
+            Handled::Duplicate => {
+                counters.duplicate.inc();
+                self.metrics.duplicates.with_label_values(&[&counters.topic]).inc();
             }
-            Err(rejection) => {
-                if self.aggregator.note_read(partition, offset, now) == Some(true) {
-                    counters.replayed.inc();
-                    return;
+            Handled::Refused(reason) => return self.refuse(message, topic, reason),
+        }
+        Ok(())
+    }
+
+    /// Decodes, deduplicates and counts one message.
+    fn count(
+        &mut self,
+        partition: InputPartition,
+        offset: i64,
+        payload: &[u8],
+        kafka_time: Option<i64>,
+        now: i64,
+    ) -> Handled {
+        if payload.len() > self.limits.max_message_bytes {
+            return self.skip(partition, offset, now, Reason::TooLarge);
+        }
+        let event = match self.decoder.decode(payload, &self.kinds[partition.topic], kafka_time) {
+            Ok(event) => event,
+            Err(rejection) => return self.skip(partition, offset, now, Reason::Decode(rejection)),
+        };
+        if event.event_time_ms > now.saturating_add(self.limits.max_future_ms) {
+            return self.skip(partition, offset, now, Reason::FutureTime);
+        }
+        let replay = self.aggregator.is_replay(partition, offset);
+        let mut first_copy = None;
+        if let Some(deduper) = &self.deduper {
+            match event.event_id.as_deref().map(|id| deduper.check(id)) {
+                Some(Seen::Duplicate) => {
+                    self.aggregator.note_read(partition, offset, now);
+                    return if replay { Handled::Replayed } else { Handled::Duplicate };
                 }
-                counters.rejected.inc();
-                self.metrics
-                    .events_rejected
-                    .with_label_values(&[&counters.topic, rejection.code()])
-                    .inc();
-                self.rejections.note(rejection, &counters.topic, partition.partition, offset);
+                Some(Seen::First(hash)) => first_copy = Some(hash),
+                None if !replay => {
+                    let topic = &self.counters[partition.topic].topic;
+                    self.metrics.events_without_id.with_label_values(&[topic]).inc();
+                }
+                None => {}
             }
         }
+        let observation = Observation {
+            campaign_id: &event.campaign_id,
+            creative_id: &event.creative_id,
+            kind: event.kind,
+            event_time_ms: event.event_time_ms,
+        };
+        let admission = self.aggregator.observe(partition, offset, &observation, now);
+        if let (Some(deduper), Some(hash), true) =
+            (&mut self.deduper, first_copy, admission.counted)
+        {
+            deduper.remember(partition, hash, event.event_time_ms);
+        }
+        if admission.replayed {
+            return Handled::Replayed;
+        }
+        let mut late = admission.late_windows;
+        while late != 0 {
+            self.late_by_window[late.trailing_zeros() as usize].inc();
+            late &= late - 1;
+        }
+        if admission.counted {
+            Handled::Counted
+        } else {
+            Handled::Refused(Reason::TooLate)
+        }
+    }
+
+    /// Notes a message that will not be counted; one read again to rebuild state was already
+    /// dealt with the first time.
+    fn skip(
+        &mut self,
+        partition: InputPartition,
+        offset: i64,
+        now: i64,
+        reason: Reason,
+    ) -> Handled {
+        match self.aggregator.note_read(partition, offset, now) {
+            Some(true) => Handled::Replayed,
+            _ => Handled::Refused(reason),
+        }
+    }
+
+    /// Counts, logs and routes a message that cannot be counted.
+    fn refuse(
+        &mut self,
+        message: &BorrowedMessage<'_>,
+        topic: usize,
+        reason: Reason,
+    ) -> Result<(), PipelineError> {
+        let counters = &self.counters[topic];
+        match reason {
+            Reason::TooLate => counters.late.inc(),
+            _ => counters.rejected.inc(),
+        }
+        self.metrics.events_rejected.with_label_values(&[&counters.topic, reason.code()]).inc();
+        self.rejections.note(reason, &counters.topic, message.partition(), message.offset());
+        match self.on_error {
+            OnError::DeadLetter => self.dead_letters.send(message, reason),
+            OnError::Drop => {}
+            OnError::Fail => {
+                return Err(PipelineError::BadInput {
+                    topic: counters.topic.clone(),
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    reason: reason.code(),
+                })
+            }
+        }
+        Ok(())
     }
 
     fn topic_index(&self, topic: &str) -> Option<usize> {
@@ -387,7 +510,11 @@ impl Processor {
         let now = now_ms();
         let started = Instant::now();
         if let Some(round) = self.aggregator.advance(now) {
-            if self.publish(round, now, shutdown).await {
+            if let Some(deduper) = &mut self.deduper {
+                deduper.expire(round.watermark_ms);
+            }
+            if self.publish(round, now, shutdown).await && self.settle_dead_letters(shutdown).await
+            {
                 self.commit(consumer, CommitMode::Async);
                 self.metrics.round_duration.observe(started.elapsed().as_secs_f64());
             }
@@ -442,7 +569,26 @@ impl Processor {
             self.metrics.watermark_delay.set((now - watermark) as f64 / 1000.0);
         }
         self.metrics.active_keys.set(self.aggregator.active_keys() as i64);
+        if let Some(deduper) = &self.deduper {
+            self.metrics.dedupe_ids.set(deduper.len() as i64);
+        }
         self.metrics.panes.set(self.aggregator.panes_held() as i64);
+    }
+
+    /// Waits until every dead letter so far is acknowledged, so that a commit never passes an
+    /// unwritten one. False when shutdown interrupted the wait.
+    async fn settle_dead_letters(&mut self, shutdown: &CancellationToken) -> bool {
+        if self.dead_letters.pending() == 0 {
+            return true;
+        }
+        let metrics = &self.metrics;
+        let settled = self
+            .dead_letters
+            .settle(shutdown, |reason, topic| {
+                metrics.dead_letters.with_label_values(&[topic, reason.code()]).inc();
+            })
+            .await;
+        settled.is_ok()
     }
 
     /// Publishes a round and applies it to gauges and the live view. Returns false when
@@ -561,6 +707,9 @@ impl Processor {
             if !self.publish(round, now, &never).await {
                 return;
             }
+        }
+        if !self.settle_dead_letters(&never).await {
+            return;
         }
         self.publisher.flush(Duration::from_secs(5));
         self.commit(consumer, CommitMode::Sync);

@@ -1,6 +1,7 @@
 //! Integration tests against a real Kafka broker (see `support::broker`); one test binary so
 //! every test shares a single broker startup.
 
+mod badinput;
 mod cli;
 mod pipeline;
 mod restart;
@@ -26,6 +27,7 @@ async fn broker_starts_and_round_trips_a_record() {
             key: Some(format!("key-{p}").into_bytes()),
             value: Some(format!("value-{p}").into_bytes()),
             timestamp_ms: Some(1_700_000_000_000 + i64::from(p)),
+            headers: vec![("h".into(), vec![p as u8])],
         })
         .collect();
     kafka::produce(bootstrap, &topic, &records).await;
@@ -40,7 +42,7 @@ async fn broker_starts_and_round_trips_a_record() {
         assert_eq!(c.key.as_deref(), Some(format!("key-{p}").as_bytes()));
         assert_eq!(c.value.as_deref(), Some(format!("value-{p}").as_bytes()));
         assert_eq!(c.timestamp_ms, Some(1_700_000_000_000 + i64::from(p)));
-        assert!(c.headers.is_empty());
+        assert_eq!(c.headers, [("h".to_string(), vec![p as u8])]);
     }
 }
 

@@ -22,7 +22,7 @@ pub(crate) const KEYS: [(&str, &str); 4] =
     [("c-1", "cr-a"), ("c-1", "cr/b|x"), ("c-2", "cr-a"), ("c-2", "crème \"7\"")];
 
 /// A small deterministic generator, so every run produces the same stream.
-pub(crate) struct Lcg(u64);
+pub(crate) struct Lcg(pub(crate) u64);
 
 impl Lcg {
     pub(crate) fn next(&mut self, below: u64) -> u64 {
@@ -57,7 +57,10 @@ pub(crate) fn partition_events(
         .collect()
 }
 
-pub(crate) fn json_event(event: &RefEvent, id: usize) -> Vec<u8> {
+/// The default JSON shape of `event`, with an event id unique in this test process.
+pub(crate) fn json_event(event: &RefEvent) -> Vec<u8> {
+    static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     serde_json::to_vec(&serde_json::json!({
         "event_id": format!("e-{id}"),
         "campaign_id": event.campaign_id,
@@ -77,10 +80,10 @@ pub(crate) fn final_watermark(partitions: &[Vec<RefEvent>]) -> i64 {
 pub(crate) async fn produce_partitions(bootstrap: &str, topic: &str, partitions: &[Vec<RefEvent>]) {
     let mut records = Vec::new();
     for (partition, events) in partitions.iter().enumerate() {
-        for (i, event) in events.iter().enumerate() {
+        for event in events {
             records.push(TestRecord {
                 partition: Some(partition as i32),
-                value: Some(json_event(event, partition * 100_000 + i)),
+                value: Some(json_event(event)),
                 ..TestRecord::default()
             });
         }
@@ -197,6 +200,7 @@ async fn one_topic_layout_reads_nested_postbacks_through_field_pointers() {
     config.input.install_types = vec!["install".into()];
     kafka::create_topic(bootstrap, &config.input.events_topic, PARTITIONS).await;
     kafka::create_compacted_topic(bootstrap, &config.output.topic, 1).await;
+    kafka::create_topic(bootstrap, &config.dead_letter.topic, 1).await;
 
     let mut partitions: Vec<Vec<RefEvent>> = Vec::new();
     let mut records = Vec::new();
@@ -292,7 +296,7 @@ async fn idle_partitions_let_stopped_traffic_decay_to_zero_and_be_evicted() {
         .enumerate()
         .map(|(i, e)| TestRecord {
             partition: Some((i % 2) as i32),
-            value: Some(json_event(e, i)),
+            value: Some(json_event(e)),
             ..TestRecord::default()
         })
         .collect();

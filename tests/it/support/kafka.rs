@@ -21,6 +21,7 @@ pub struct TestRecord {
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
     pub timestamp_ms: Option<i64>,
+    pub headers: Vec<(String, Vec<u8>)>,
 }
 
 /// A record read back from a topic. Header values that are null come back empty.
@@ -105,6 +106,13 @@ pub async fn produce(bootstrap: &str, topic: &str, records: &[TestRecord]) {
         record.key = r.key.as_deref();
         record.payload = r.value.as_deref();
         record.timestamp = r.timestamp_ms;
+        if !r.headers.is_empty() {
+            let mut headers = rdkafka::message::OwnedHeaders::new();
+            for (key, value) in &r.headers {
+                headers = headers.insert(rdkafka::message::Header { key, value: Some(value) });
+            }
+            record.headers = Some(headers);
+        }
         match producer.send_result(record) {
             Ok(delivery) => deliveries.push(delivery),
             Err((e, _)) => panic!("enqueueing record {i} for {topic} failed: {e}"),

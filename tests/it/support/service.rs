@@ -31,6 +31,7 @@ pub fn test_config(bootstrap: &str) -> Config {
     config.input.installs_topic = kafka::unique("installs");
     config.input.events_topic = kafka::unique("events");
     config.output.topic = kafka::unique("ipm-live");
+    config.dead_letter.topic = kafka::unique("dead-letter");
     config.http.listen = "127.0.0.1:0".into();
     config.windows.out_of_orderness = Duration::from_millis(OUT_OF_ORDERNESS_MS as u64);
     config.windows.idle_timeout = Duration::from_secs(3600);
