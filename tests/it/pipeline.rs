@@ -77,7 +77,13 @@ pub(crate) fn final_watermark(partitions: &[Vec<RefEvent>]) -> i64 {
         - OUT_OF_ORDERNESS_MS
 }
 
-pub(crate) async fn produce_partitions(bootstrap: &str, topic: &str, partitions: &[Vec<RefEvent>]) {
+/// Produces each partition's events to the same partition number of `topic`, in order, and
+/// returns the records sent (so a test can send copies later).
+pub(crate) async fn produce_partitions(
+    bootstrap: &str,
+    topic: &str,
+    partitions: &[Vec<RefEvent>],
+) -> Vec<TestRecord> {
     let mut records = Vec::new();
     for (partition, events) in partitions.iter().enumerate() {
         for event in events {
@@ -89,6 +95,7 @@ pub(crate) async fn produce_partitions(bootstrap: &str, topic: &str, partitions:
         }
     }
     kafka::produce(bootstrap, topic, &records).await;
+    records
 }
 
 pub(crate) fn last_boundary(window: &RefWindow, watermark: i64) -> i64 {

@@ -10,12 +10,14 @@ use ipm_stream::config::Config;
 
 use crate::pipeline::{final_watermark, partition_events, produce_partitions, PARTITIONS};
 use crate::support::broker;
-use crate::support::kafka;
+use crate::support::kafka::{self, TestRecord};
 use crate::support::reference::{changes, value_at, RefEvent};
-use crate::support::service::{read_output, test_config, OUT_OF_ORDERNESS_MS, WINDOWS};
+use crate::support::service::{
+    read_output, test_config, wait_for_metrics, OUT_OF_ORDERNESS_MS, WINDOWS,
+};
 
 /// The TOML a user would write for `config` (only the keys the tests change).
-fn config_toml(config: &Config) -> String {
+fn config_toml(config: &Config, http_port: u16) -> String {
     let windows: String = WINDOWS
         .iter()
         .map(|w| {
@@ -29,7 +31,7 @@ fn config_toml(config: &Config) -> String {
         "[kafka]\nbrokers = \"{}\"\ngroup_id = \"{}\"\n\n\
          [kafka.consumer]\n\"session.timeout.ms\" = \"6000\"\n\n\
          [input]\nimpressions_topic = \"{}\"\ninstalls_topic = \"{}\"\n\n\
-         [output]\ntopic = \"{}\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n\n\
+         [output]\ntopic = \"{}\"\n\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n\n\
          [windows]\nout_of_orderness = \"{}ms\"\nidle_timeout = \"1h\"\n{windows}",
         config.kafka.brokers,
         config.kafka.group_id,
@@ -61,9 +63,20 @@ fn split(partitions: &[Vec<RefEvent>], percent: usize) -> (Vec<Vec<RefEvent>>, V
         .unzip()
 }
 
-/// Produces `rest` into the partitions after `first`, keeping partition numbers.
-async fn produce_rest(bootstrap: &str, topic: &str, rest: &[Vec<RefEvent>]) {
-    produce_partitions(bootstrap, topic, rest).await;
+/// Copies of the newest `count` records sent to each partition, as an attribution provider's
+/// retries would be: same bytes, same partition.
+fn retries(sent: &[TestRecord], count: usize) -> Vec<TestRecord> {
+    let mut copies = Vec::new();
+    for partition in 0..PARTITIONS {
+        let of_partition: Vec<&TestRecord> =
+            sent.iter().filter(|r| r.partition == Some(partition)).collect();
+        copies.extend(of_partition.iter().rev().take(count).map(|r| (*r).clone()));
+    }
+    copies
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 #[tokio::test]
@@ -75,10 +88,9 @@ async fn restart_after_a_crash_mid_stream_still_publishes_the_reference_values()
     kafka::create_compacted_topic(bootstrap, &config.output.topic, 2).await;
     let dir = tempfile::tempdir().unwrap();
     let config_path = dir.path().join("ipm-stream.toml");
-    std::fs::File::create(&config_path)
-        .unwrap()
-        .write_all(config_toml(&config).as_bytes())
-        .unwrap();
+    let http_port = free_port();
+    let toml = config_toml(&config, http_port);
+    std::fs::File::create(&config_path).unwrap().write_all(toml.as_bytes()).unwrap();
     let log_path = dir.path().join("service.log");
 
     let impressions: Vec<Vec<RefEvent>> = (0..PARTITIONS)
@@ -89,7 +101,8 @@ async fn restart_after_a_crash_mid_stream_still_publishes_the_reference_values()
         .collect();
     let (impressions_first, impressions_rest) = split(&impressions, 60);
     let (installs_first, installs_rest) = split(&installs, 60);
-    produce_partitions(bootstrap, &config.input.impressions_topic, &impressions_first).await;
+    let impressions_sent =
+        produce_partitions(bootstrap, &config.input.impressions_topic, &impressions_first).await;
     produce_partitions(bootstrap, &config.input.installs_topic, &installs_first).await;
     let first: Vec<RefEvent> =
         impressions_first.iter().chain(&installs_first).flatten().cloned().collect();
@@ -120,8 +133,11 @@ async fn restart_after_a_crash_mid_stream_still_publishes_the_reference_values()
     service.kill().expect("SIGKILL");
     service.wait().unwrap();
 
-    produce_rest(bootstrap, &config.input.impressions_topic, &impressions_rest).await;
-    produce_rest(bootstrap, &config.input.installs_topic, &installs_rest).await;
+    // Retries of impressions counted before the crash: the rebuilt dedupe memory knows them.
+    let copies = retries(&impressions_sent, 20);
+    kafka::produce(bootstrap, &config.input.impressions_topic, &copies).await;
+    produce_partitions(bootstrap, &config.input.impressions_topic, &impressions_rest).await;
+    produce_partitions(bootstrap, &config.input.installs_topic, &installs_rest).await;
     let all: Vec<RefEvent> = impressions.iter().chain(&installs).flatten().cloned().collect();
     let expected = changes(&all, &WINDOWS, final_watermark(&[impressions, installs].concat()));
 
@@ -144,6 +160,17 @@ async fn restart_after_a_crash_mid_stream_still_publishes_the_reference_values()
     for (key, counts) in &expected {
         assert_eq!(output.values.get(key), Some(counts), "{key:?}");
     }
+
+    let duplicates = format!(
+        "{}{{topic=\"{}\"}}",
+        ipm_stream::metrics::names::DUPLICATES,
+        config.input.impressions_topic
+    );
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], http_port));
+    wait_for_metrics(addr, Duration::from_secs(20), |m| {
+        m.get(&duplicates) == Some(&(copies.len() as f64))
+    })
+    .await;
 
     // SIGTERM drains and exits 0 within the grace period.
     let status = Command::new("kill").arg("-TERM").arg(service.id().to_string()).status().unwrap();
@@ -168,5 +195,5 @@ async fn restart_after_a_crash_mid_stream_still_publishes_the_reference_values()
         PARTITIONS,
     );
     let offsets: Vec<i64> = committed.iter().map(|(_, offset, _)| *offset).collect();
-    assert_eq!(offsets, [600, 600, 600]);
+    assert_eq!(offsets, [620, 620, 620]);
 }
