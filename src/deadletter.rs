@@ -237,6 +237,9 @@ mod tests {
         unique.dedup();
         assert_eq!(unique.len(), codes.len());
         assert_eq!(codes.len(), 12);
-        assert!(codes.iter().all(|c| c.chars().all(|ch| ch.is_ascii_lowercase() || ch == '_')));
+        let snake = |c: &str| {
+            c.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_')
+        };
+        assert!(codes.iter().all(|c| snake(c)), "{codes:?}");
     }
 }

@@ -131,7 +131,6 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         },
         rejections: RejectionLog::default(),
         restore_started: None,
-        output_healthy: true,
     };
     let grace = config.shutdown.grace_period;
     let task = tokio::spawn(run(consumer, processor, shutdown, grace));
@@ -277,8 +276,6 @@ struct Processor {
     rejections: RejectionLog,
     /// When the current state rebuild began, for the restore-duration metric.
     restore_started: Option<Instant>,
-    /// False from a failed delivery until the next acknowledged one.
-    output_healthy: bool,
 }
 
 fn now_ms() -> i64 {
@@ -519,7 +516,7 @@ impl Processor {
                 self.metrics.round_duration.observe(started.elapsed().as_secs_f64());
             }
         }
-        self.update_gauges(now);
+        self.update_gauges(now, consumer.context().connected());
         Ok(())
     }
 
@@ -558,10 +555,10 @@ impl Processor {
         }
     }
 
-    fn update_gauges(&self, now: i64) {
-        let ready = self.aggregator.partitions().next().is_some()
-            && !self.aggregator.restoring()
-            && self.output_healthy;
+    fn update_gauges(&self, now: i64, connected: bool) {
+        let ready = connected
+            && self.aggregator.partitions().next().is_some()
+            && !self.aggregator.restoring();
         self.live.set_ready(ready);
         self.metrics.ready.set(i64::from(ready));
         if let Some(watermark) = self.aggregator.watermark_ms() {
@@ -625,7 +622,6 @@ impl Processor {
             if delivered.is_err() {
                 return false;
             }
-            self.output_healthy = true;
             let produced = &self.metrics.records_produced;
             produced.with_label_values(&["update"]).inc_by(round.updates.len() as u64);
             let tombstones = (round.evicted.len() * self.windows.len()) as u64;

@@ -52,6 +52,8 @@ pub struct SourceContext {
     progress: Mutex<HashMap<InputPartition, PartitionProgress>>,
     /// Commit results, by `result` label.
     commits: prometheus::IntCounterVec,
+    /// Whether the last statistics showed a live connection to any broker.
+    connected: AtomicBool,
 }
 
 /// How long to keep retrying the read of committed offsets during a rebalance.
@@ -67,6 +69,7 @@ impl SourceContext {
             changed: AtomicBool::new(false),
             progress: Mutex::new(HashMap::new()),
             commits,
+            connected: AtomicBool::new(false),
         }
     }
 
@@ -86,6 +89,11 @@ impl SourceContext {
             return Vec::new();
         }
         std::mem::take(&mut *self.changes.lock().expect("no panics while holding the lock"))
+    }
+
+    /// Whether the client was connected to at least one broker at its last statistics.
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
     }
 
     /// The last statistics of each partition.
@@ -164,6 +172,13 @@ impl SourceContext {
 
 impl ClientContext for SourceContext {
     fn stats(&self, statistics: Statistics) {
+        let up = statistics.brokers.values().any(|b| b.source != "internal" && b.state == "UP");
+        let was_up = self.connected.swap(up, Ordering::Relaxed);
+        if was_up && !up {
+            tracing::warn!("no Kafka broker reachable; retrying, readiness is false");
+        } else if up && !was_up {
+            tracing::info!("Kafka brokers reachable");
+        }
         let mut progress = self.progress.lock().expect("no panics while holding the lock");
         progress.clear();
         for (name, topic) in &statistics.topics {

@@ -3,6 +3,7 @@
 
 mod badinput;
 mod cli;
+mod outage;
 mod pipeline;
 mod restart;
 mod support;

@@ -45,6 +45,7 @@ const WATCHDOG: &str = r#"
 parent=$1; log=$2; dir=$3; keep=$4; shift 4
 "$@" >"$log" 2>&1 </dev/null &
 java=$!
+echo "$java" >"$dir/java.pid"
 while kill -0 "$parent" 2>/dev/null && kill -0 "$java" 2>/dev/null; do sleep 1; done
 kill -9 "$java" 2>/dev/null
 wait "$java" 2>/dev/null
@@ -78,105 +79,178 @@ pub fn shared() -> &'static Broker {
 
 fn start() -> Result<Broker, String> {
     let started = Instant::now();
-    let jars = ensure_jars()?;
-    let java = require_tool("java", "-version")?;
-
-    let dir = tempfile::Builder::new()
-        .prefix("ipm-kafka-")
-        .tempdir()
-        .map_err(|e| format!("cannot create broker temp dir: {e}"))?;
-    let root = dir.path();
-    let (port, controller_port) = free_ports()?;
-    let props = root.join("server.properties");
-    let log4j = root.join("log4j2.properties");
-    let log = root.join("broker.log");
-    write(&props, &server_properties(root, port, controller_port))?;
-    write(&log4j, LOG4J2)?;
-
-    let mut classpath = jars.into_os_string();
-    classpath.push("/*");
-
-    let format = Command::new(&java)
-        .arg("-cp")
-        .arg(&classpath)
-        .args(["-Xmx256m", "-XX:TieredStopAtLevel=1", "kafka.tools.StorageTool", "format"])
-        .arg("--config")
-        .arg(&props)
-        .arg("--cluster-id")
-        .arg(cluster_id())
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run the Kafka storage tool: {e}"))?;
-    if !format.status.success() {
-        return Err(format!(
-            "formatting Kafka storage failed ({}):\n{}{}",
-            format.status,
-            String::from_utf8_lossy(&format.stdout),
-            String::from_utf8_lossy(&format.stderr)
-        ));
-    }
-
-    let mut log4j_opt = OsString::from("-Dlog4j2.configurationFile=");
-    log4j_opt.push(&log4j);
-    let keep = if std::env::var_os("IPM_KAFKA_KEEP_DIR").is_some() { "1" } else { "0" };
-    let mut launcher = Command::new("sh")
-        .arg("-c")
-        .arg(WATCHDOG)
-        .arg("sh")
-        .arg(std::process::id().to_string())
-        .arg(&log)
-        .arg(root)
-        .arg(keep)
-        .arg(&java)
-        // Small heap, serial GC and C1-only JIT: a test broker wants fast startup, not peak
-        // throughput, and several test binaries may each run one on a 2-core machine.
-        .args(["-Xms64m", "-Xmx512m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"])
-        .args(["-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true"])
-        .arg(log4j_opt)
-        .arg("-cp")
-        .arg(&classpath)
-        .arg("kafka.Kafka")
-        .arg(&props)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot spawn the Kafka broker via sh: {e}"))?;
+    let setup = Setup::new()?;
+    let launcher = setup.launch(false)?;
     // From here on the watchdog owns the directory: it removes it once java is gone, which a
     // TempDir in a never-dropped static could not do.
-    let _ = dir.keep();
-    let launched = Instant::now();
+    let _ = setup.dir.keep();
+    wait_ready(&setup.bootstrap, launcher, &setup.log)?;
+    note(&format!(
+        "Kafka {KAFKA_VERSION} broker ready at {} in {:.1}s (log: {})",
+        setup.bootstrap,
+        started.elapsed().as_secs_f64(),
+        setup.log.display()
+    ));
+    Ok(Broker { bootstrap: setup.bootstrap, log: setup.log })
+}
 
-    let bootstrap = format!("127.0.0.1:{port}");
+/// A formatted broker directory on fixed ports, ready to launch (again).
+struct Setup {
+    dir: tempfile::TempDir,
+    java: OsString,
+    classpath: OsString,
+    props: PathBuf,
+    log4j: PathBuf,
+    log: PathBuf,
+    bootstrap: String,
+}
+
+impl Setup {
+    fn new() -> Result<Setup, String> {
+        let jars = ensure_jars()?;
+        let java = require_tool("java", "-version")?;
+        let dir = tempfile::Builder::new()
+            .prefix("ipm-kafka-")
+            .tempdir()
+            .map_err(|e| format!("cannot create broker temp dir: {e}"))?;
+        let root = dir.path();
+        let (port, controller_port) = free_ports()?;
+        let props = root.join("server.properties");
+        let log4j = root.join("log4j2.properties");
+        let log = root.join("broker.log");
+        write(&props, &server_properties(root, port, controller_port))?;
+        write(&log4j, LOG4J2)?;
+        let mut classpath = jars.into_os_string();
+        classpath.push("/*");
+
+        let format = Command::new(&java)
+            .arg("-cp")
+            .arg(&classpath)
+            .args(["-Xmx256m", "-XX:TieredStopAtLevel=1", "kafka.tools.StorageTool", "format"])
+            .arg("--config")
+            .arg(&props)
+            .arg("--cluster-id")
+            .arg(cluster_id())
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run the Kafka storage tool: {e}"))?;
+        if !format.status.success() {
+            return Err(format!(
+                "formatting Kafka storage failed ({}):\n{}{}",
+                format.status,
+                String::from_utf8_lossy(&format.stdout),
+                String::from_utf8_lossy(&format.stderr)
+            ));
+        }
+        let bootstrap = format!("127.0.0.1:{port}");
+        Ok(Setup { dir, java, classpath, props, log4j, log, bootstrap })
+    }
+
+    /// Starts java under the watchdog. With `keep`, the directory outlives java, so the broker
+    /// can be started again on the same data.
+    fn launch(&self, keep: bool) -> Result<std::process::Child, String> {
+        let mut log4j_opt = OsString::from("-Dlog4j2.configurationFile=");
+        log4j_opt.push(&self.log4j);
+        let keep = keep || std::env::var_os("IPM_KAFKA_KEEP_DIR").is_some();
+        Command::new("sh")
+            .arg("-c")
+            .arg(WATCHDOG)
+            .arg("sh")
+            .arg(std::process::id().to_string())
+            .arg(&self.log)
+            .arg(self.dir.path())
+            .arg(if keep { "1" } else { "0" })
+            .arg(&self.java)
+            // Small heap, serial GC and C1-only JIT: a test broker wants fast startup, not
+            // peak throughput, and several test binaries may each run one on a 2-core machine.
+            .args(["-Xms64m", "-Xmx512m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"])
+            .args(["-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true"])
+            .arg(log4j_opt)
+            .arg("-cp")
+            .arg(&self.classpath)
+            .arg("kafka.Kafka")
+            .arg(&self.props)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot spawn the Kafka broker via sh: {e}"))
+    }
+}
+
+/// Waits until the broker at `bootstrap` answers a metadata request.
+fn wait_ready(
+    bootstrap: &str,
+    mut launcher: std::process::Child,
+    log: &Path,
+) -> Result<(), String> {
+    let launched = Instant::now();
     let probe: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
+        .set("bootstrap.servers", bootstrap)
         .set("socket.connection.setup.timeout.ms", "2000")
         .set("reconnect.backoff.max.ms", "500")
         .create()
         .map_err(|e| format!("cannot create the readiness probe client: {e}"))?;
     loop {
         if let Ok(Some(status)) = launcher.try_wait() {
-            return Err(failure(&log, &format!("Kafka broker exited during startup ({status})")));
+            return Err(failure(log, &format!("Kafka broker exited during startup ({status})")));
         }
         let brokers =
             probe.fetch_metadata(None, Duration::from_secs(2)).map_or(0, |m| m.brokers().len());
         if brokers > 0 {
-            break;
+            return Ok(());
         }
         if launched.elapsed() > READY_TIMEOUT {
             return Err(failure(
-                &log,
+                log,
                 &format!("Kafka broker not ready at {bootstrap} after {READY_TIMEOUT:?}"),
             ));
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    note(&format!(
-        "Kafka {KAFKA_VERSION} broker ready at {bootstrap} in {:.1}s (log: {})",
-        started.elapsed().as_secs_f64(),
-        log.display()
-    ));
-    Ok(Broker { bootstrap, log })
+}
+
+/// A broker of one test's own, which the test can stop and start again on the same ports and
+/// data, to see what a client does while its cluster is down.
+pub struct OwnBroker {
+    pub bootstrap: String,
+    setup: Setup,
+}
+
+impl OwnBroker {
+    /// Formats and starts a broker; panics with its log if it does not come up.
+    pub fn start() -> OwnBroker {
+        let setup = Setup::new().unwrap_or_else(|e| panic!("{e}"));
+        let broker = OwnBroker { bootstrap: setup.bootstrap.clone(), setup };
+        broker.resume();
+        broker
+    }
+
+    /// Kills the broker (SIGKILL, like a lost node) and waits until its port is closed.
+    pub fn kill(&self) {
+        let pid_file = self.setup.dir.path().join("java.pid");
+        if let Ok(pid) = fs::read_to_string(&pid_file) {
+            let _ = Command::new("kill").arg("-9").arg(pid.trim()).status();
+            let _ = fs::remove_file(&pid_file);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(&self.bootstrap).is_ok() {
+            assert!(Instant::now() < deadline, "broker at {} did not stop", self.bootstrap);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Starts the broker again on its data; panics with its log if it does not come up.
+    pub fn resume(&self) {
+        let launcher = self.setup.launch(true).unwrap_or_else(|e| panic!("{e}"));
+        wait_ready(&self.bootstrap, launcher, &self.setup.log).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 fn server_properties(root: &Path, port: u16, controller_port: u16) -> String {

@@ -1,0 +1,109 @@
+//! A broker that is down at start and again mid-run: the service keeps running, reports not
+//! ready while it cannot reach the broker, and once the broker is back publishes exactly the
+//! reference values, losing nothing.
+
+use std::time::{Duration, Instant};
+
+use crate::pipeline::{final_watermark, partition_events, produce_partitions, PARTITIONS};
+use crate::support::broker::OwnBroker;
+use crate::support::kafka;
+use crate::support::reference::{changes, RefEvent};
+use crate::support::service::{get, read_output, test_config, InProcess, WINDOWS};
+
+/// Polls `path` until it answers `status`, or panics.
+async fn wait_for_status(addr: std::net::SocketAddr, path: &str, status: u16, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if get(addr, path).await.0 == status {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{path} did not answer {status} within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn broker_down_at_start_and_mid_run_loses_nothing_and_readiness_follows_it() {
+    let broker = tokio::task::spawn_blocking(OwnBroker::start).await.unwrap();
+    let bootstrap = broker.bootstrap.clone();
+    let config = test_config(&bootstrap);
+    kafka::create_topic(&bootstrap, &config.input.impressions_topic, PARTITIONS).await;
+    kafka::create_topic(&bootstrap, &config.input.installs_topic, PARTITIONS).await;
+    kafka::create_compacted_topic(&bootstrap, &config.output.topic, 1).await;
+    let broker = tokio::task::spawn_blocking(move || {
+        broker.kill();
+        broker
+    })
+    .await
+    .unwrap();
+
+    // Down at start: alive, not ready, no crash.
+    let service = InProcess::start(config.clone()).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(get(service.http_addr, "/healthz").await.0, 200);
+    assert_eq!(get(service.http_addr, "/readyz").await.0, 503);
+
+    let broker = tokio::task::spawn_blocking(move || {
+        broker.resume();
+        broker
+    })
+    .await
+    .unwrap();
+    let impressions: Vec<Vec<RefEvent>> =
+        (0..PARTITIONS).map(|p| partition_events(41 + p as u64, false, 900, 300)).collect();
+    let installs: Vec<Vec<RefEvent>> =
+        (0..PARTITIONS).map(|p| partition_events(43 + p as u64, true, 12_000, 24)).collect();
+    let half = |events: &[Vec<RefEvent>]| -> (Vec<Vec<RefEvent>>, Vec<Vec<RefEvent>>) {
+        events.iter().map(|e| (e[..e.len() / 2].to_vec(), e[e.len() / 2..].to_vec())).unzip()
+    };
+    let (impressions_first, impressions_rest) = half(&impressions);
+    let (installs_first, installs_rest) = half(&installs);
+    produce_partitions(&bootstrap, &config.input.impressions_topic, &impressions_first).await;
+    produce_partitions(&bootstrap, &config.input.installs_topic, &installs_first).await;
+    let all: Vec<RefEvent> = impressions.iter().chain(&installs).flatten().cloned().collect();
+    let first_watermark =
+        final_watermark(&[impressions_first.clone(), installs_first.clone()].concat());
+    let first_expected = changes(&all, &WINDOWS, first_watermark);
+    read_output(&bootstrap, &config.output.topic, Duration::from_secs(90), |out| {
+        first_expected.keys().all(|k| out.values.contains_key(k))
+    })
+    .await;
+    wait_for_status(service.http_addr, "/readyz", 200, Duration::from_secs(30)).await;
+
+    // Down mid-run: readiness goes false, the process stays up.
+    let broker = tokio::task::spawn_blocking(move || {
+        broker.kill();
+        broker
+    })
+    .await
+    .unwrap();
+    wait_for_status(service.http_addr, "/readyz", 503, Duration::from_secs(30)).await;
+    assert_eq!(get(service.http_addr, "/healthz").await.0, 200);
+
+    // Back: the rest of the stream is counted and every value published, as if nothing happened.
+    let broker = tokio::task::spawn_blocking(move || {
+        broker.resume();
+        broker
+    })
+    .await
+    .unwrap();
+    produce_partitions(&bootstrap, &config.input.impressions_topic, &impressions_rest).await;
+    produce_partitions(&bootstrap, &config.input.installs_topic, &installs_rest).await;
+    let expected = changes(&all, &WINDOWS, final_watermark(&[impressions, installs].concat()));
+    let output = read_output(&bootstrap, &config.output.topic, Duration::from_secs(120), |out| {
+        expected.keys().all(|k| out.values.contains_key(k))
+    })
+    .await;
+    for (key, counts) in &expected {
+        assert_eq!(output.values.get(key), Some(counts), "{key:?}");
+    }
+    assert!(output.values.len() >= expected.len());
+    for ((campaign, creative, window, end), counts) in &output.values {
+        let spec = WINDOWS.iter().find(|w| w.name == window).unwrap();
+        let truth = crate::support::reference::value_at(&all, spec, (campaign, creative), *end);
+        assert_eq!(*counts, truth, "{campaign}/{creative} {window} at {end}");
+    }
+    wait_for_status(service.http_addr, "/readyz", 200, Duration::from_secs(30)).await;
+    service.stop().await;
+    drop(broker);
+}
