@@ -490,6 +490,11 @@ def scenario_rejections(out):
                    f'topic="{topic}"}}', [float(t * rejected) for t in range(minutes + 1)])
         out.series(f'ipm_stream_events_rejected_total{{{common},reason="missing_time",'
                    f'topic="{topic}"}}', [float(t) for t in range(minutes + 1)])
+        # Refused messages go to the dead-letter topic (on_error = "dead_letter").
+        out.series(f'ipm_stream_dead_letters_total{{{common},reason="not_json",'
+                   f'topic="{topic}"}}', [float(t * rejected) for t in range(minutes + 1)])
+        out.series(f'ipm_stream_dead_letters_total{{{common},reason="missing_time",'
+                   f'topic="{topic}"}}', [float(t) for t in range(minutes + 1)])
         # Every rejected message is also counted as consumed with outcome "rejected".
         out.series(f'ipm_stream_events_consumed_total{{{common},outcome="counted",'
                    f'topic="{topic}"}}',
@@ -500,10 +505,11 @@ def scenario_rejections(out):
     out.alert(10, "IpmStreamRejectionRateHigh", [])
     share = 101 / 5000
     annotations = {
-        "summary": f"{go_percentage(share)} of the messages on ad.installs cannot be decoded",
+        "summary": f"{go_percentage(share)} of the messages on ad.installs are refused",
         "description": f"{go_percentage(share)} of the messages read from ad.installs in the last "
-                       "10 minutes were rejected and not counted (alert above 1%), so IPM is "
-                       "computed from part of the traffic. Top reason: not_json.",
+                       "10 minutes were refused and not counted (alert above 1%), so IPM is "
+                       "computed from part of the traffic. Top reason: not_json; dead-lettered: "
+                       f"{101 / 60:.1f} per second.",
         "runbook_url": "README.md#ipmstreamrejectionratehigh",
     }
     out.alert(15, "IpmStreamRejectionRateHigh",
