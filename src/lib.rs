@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod aggregate;
+pub mod clients;
 pub mod config;
 pub mod deadletter;
 pub mod decode;

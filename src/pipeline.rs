@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::FutureProducer;
@@ -17,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::aggregate::{
     Aggregator, AggregatorSettings, CommitPoint, CreativeKey, InputPartition, Observation, Round,
 };
+use crate::clients::{consumer_config, producer_config};
 use crate::config::{Config, ConfigError, Layout};
 use crate::deadletter::{DeadLetters, OnError, Reason};
 use crate::decode::{Decoder, EventKind, KindSource};
@@ -146,48 +146,6 @@ fn input_topics(config: &Config) -> (Vec<String>, Vec<KindSource>) {
         ),
         Layout::Single => (vec![config.input.events_topic.clone()], vec![KindSource::Field]),
     }
-}
-
-fn common_config(config: &Config) -> ClientConfig {
-    let mut client = ClientConfig::new();
-    client.set("bootstrap.servers", &config.kafka.brokers);
-    for (key, value) in &config.kafka.librdkafka {
-        client.set(key, value);
-    }
-    client
-}
-
-fn consumer_config(config: &Config) -> ClientConfig {
-    let mut client = common_config(config);
-    client
-        .set("group.id", &config.kafka.group_id)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", &config.kafka.auto_offset_reset)
-        .set("isolation.level", "read_committed")
-        // Range assignment gives one member the same partition number of every input topic.
-        .set("partition.assignment.strategy", "range")
-        .set("statistics.interval.ms", "1000");
-    for (key, value) in &config.kafka.consumer {
-        client.set(key, value);
-    }
-    client
-}
-
-fn producer_config(config: &Config) -> ClientConfig {
-    let mut client = common_config(config);
-    client
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .set("compression.type", "lz4")
-        // The partitioner of the Java client, so keys land where Java consumers expect them.
-        .set("partitioner", "murmur2_random")
-        .set("message.timeout.ms", "60000");
-    for (key, value) in &config.kafka.producer {
-        client.set(key, value);
-    }
-    client
 }
 
 /// Per-topic counters resolved once, so the hot path does no label lookups.
