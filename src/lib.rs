@@ -26,6 +26,7 @@ pub mod live;
 pub mod metrics;
 pub mod output;
 pub mod pipeline;
+pub mod simulate;
 pub mod source;
 pub mod window;
 

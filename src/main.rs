@@ -32,6 +32,8 @@ struct Cli {
 enum Command {
     /// Run the service against the configured Kafka cluster (the default).
     Run,
+    /// Produce realistic impression and install traffic into the configured cluster.
+    Simulate(ipm_stream::simulate::SimulateArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -56,6 +58,11 @@ fn main() -> ExitCode {
         .expect("a tokio runtime can be built");
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Run => runtime.block_on(run(config)),
+        Command::Simulate(args) => runtime.block_on(async {
+            let shutdown = CancellationToken::new();
+            tokio::spawn(cancel_on_signal(shutdown.clone()));
+            ipm_stream::simulate::run(config, args, shutdown).await
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
