@@ -3,6 +3,7 @@
 
 mod badinput;
 mod cli;
+mod deploy;
 mod outage;
 mod pipeline;
 mod restart;
