@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaResult;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::FutureProducer;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -249,29 +250,15 @@ async fn run(
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let result = loop {
-        tokio::select! {
+        // Ticks come before messages: under a steady backlog, rounds must still happen.
+        let step = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break Ok(()),
-            message = consumer.recv() => {
-                if let Err(error) = processor.apply_assignments(&consumer) {
-                    break Err(error);
-                }
-                let handled = match message {
-                    Ok(message) => processor.on_message(&message),
-                    Err(error) => {
-                        tracing::warn!(cause = %error, "kafka consume error");
-                        Ok(())
-                    }
-                };
-                if let Err(error) = handled {
-                    break Err(error);
-                }
-            }
-            _ = tick.tick() => {
-                if let Err(error) = processor.on_tick(&consumer, &shutdown).await {
-                    break Err(error);
-                }
-            }
+            _ = tick.tick() => processor.on_tick(&consumer, &shutdown).await,
+            message = consumer.recv() => processor.on_received(&consumer, message),
+        };
+        if let Err(error) = step {
+            break Err(error);
         }
     };
     processor.live.set_ready(false);
@@ -324,6 +311,22 @@ impl Processor {
         let assigned = self.aggregator.partitions().count();
         self.metrics.assigned_partitions.set(assigned as i64);
         Ok(())
+    }
+
+    /// Applies pending rebalances, then handles what the consumer delivered.
+    fn on_received(
+        &mut self,
+        consumer: &StreamConsumer<SourceContext>,
+        message: KafkaResult<BorrowedMessage<'_>>,
+    ) -> Result<(), PipelineError> {
+        self.apply_assignments(consumer)?;
+        match message {
+            Ok(message) => self.on_message(&message),
+            Err(error) => {
+                tracing::warn!(cause = %error, "kafka consume error");
+                Ok(())
+            }
+        }
     }
 
     fn on_message(&mut self, message: &BorrowedMessage<'_>) -> Result<(), PipelineError> {

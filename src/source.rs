@@ -10,7 +10,6 @@ use std::time::Duration;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaResult;
-use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 
@@ -41,6 +40,50 @@ impl PartitionProgress {
     /// True when everything in the partition has been fetched and handed over.
     pub fn caught_up(&self) -> bool {
         self.queued == 0 && self.fetch_offset >= 0 && self.fetch_offset >= self.end_offset
+    }
+}
+
+/// The parts of librdkafka's statistics the service reads; everything else is skipped, and a
+/// missing field reads as unknown rather than failing the whole report.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+struct ClientStats {
+    brokers: HashMap<String, BrokerStats>,
+    topics: HashMap<String, TopicStats>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+struct BrokerStats {
+    source: String,
+    state: String,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+struct TopicStats {
+    partitions: HashMap<String, PartitionStats>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(default)]
+struct PartitionStats {
+    partition: i32,
+    hi_offset: i64,
+    ls_offset: i64,
+    next_offset: i64,
+    fetchq_cnt: i64,
+}
+
+impl Default for PartitionStats {
+    fn default() -> Self {
+        PartitionStats {
+            partition: -1,
+            hi_offset: -1,
+            ls_offset: -1,
+            next_offset: -1,
+            fetchq_cnt: 0,
+        }
     }
 }
 
@@ -116,6 +159,37 @@ impl SourceContext {
             .collect()
     }
 
+    fn note_stats(&self, stats: &ClientStats) {
+        let up = stats.brokers.values().any(|b| b.source != "internal" && b.state == "UP");
+        let was_up = self.connected.swap(up, Ordering::Relaxed);
+        if was_up && !up {
+            tracing::warn!("no Kafka broker reachable; retrying, readiness is false");
+        } else if up && !was_up {
+            tracing::info!("Kafka brokers reachable");
+        }
+        let mut progress = self.progress.lock().expect("no panics while holding the lock");
+        progress.clear();
+        for (name, topic) in &stats.topics {
+            let Some(index) = self.topic_index(name) else { continue };
+            // librdkafka lists an internal "unassigned" partition as -1.
+            for partition in topic.partitions.values().filter(|p| p.partition >= 0) {
+                let end_offset = if partition.ls_offset >= 0 {
+                    partition.ls_offset
+                } else {
+                    partition.hi_offset
+                };
+                progress.insert(
+                    InputPartition { topic: index, partition: partition.partition },
+                    PartitionProgress {
+                        end_offset,
+                        fetch_offset: partition.next_offset,
+                        queued: partition.fetchq_cnt,
+                    },
+                );
+            }
+        }
+    }
+
     /// Reads the last commit of every partition in `tpl` and rewrites `tpl` so that each
     /// partition starts where its state can be rebuilt.
     fn plan_starts(
@@ -171,36 +245,10 @@ impl SourceContext {
 }
 
 impl ClientContext for SourceContext {
-    fn stats(&self, statistics: Statistics) {
-        let up = statistics.brokers.values().any(|b| b.source != "internal" && b.state == "UP");
-        let was_up = self.connected.swap(up, Ordering::Relaxed);
-        if was_up && !up {
-            tracing::warn!("no Kafka broker reachable; retrying, readiness is false");
-        } else if up && !was_up {
-            tracing::info!("Kafka brokers reachable");
-        }
-        let mut progress = self.progress.lock().expect("no panics while holding the lock");
-        progress.clear();
-        for (name, topic) in &statistics.topics {
-            let Some(index) = self.topic_index(name) else { continue };
-            for (id, partition) in &topic.partitions {
-                if *id < 0 {
-                    continue; // librdkafka's internal "unassigned" partition
-                }
-                let end_offset = if partition.ls_offset >= 0 {
-                    partition.ls_offset
-                } else {
-                    partition.hi_offset
-                };
-                progress.insert(
-                    InputPartition { topic: index, partition: *id },
-                    PartitionProgress {
-                        end_offset,
-                        fetch_offset: partition.next_offset,
-                        queued: partition.fetchq_cnt,
-                    },
-                );
-            }
+    fn stats_raw(&self, statistics: &[u8]) {
+        match serde_json::from_slice::<ClientStats>(statistics) {
+            Ok(stats) => self.note_stats(&stats),
+            Err(error) => tracing::debug!(cause = %error, "unreadable client statistics"),
         }
     }
 
@@ -263,5 +311,47 @@ impl ConsumerContext for SourceContext {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context() -> SourceContext {
+        let commits = prometheus::IntCounterVec::new(prometheus::Opts::new("c", "c"), &["result"]);
+        SourceContext::new(vec!["ad.impressions".into()], commits.unwrap())
+    }
+
+    #[test]
+    fn statistics_give_connectivity_and_partition_progress() {
+        let context = context();
+        let report = br#"{
+            "name": "rdkafka#consumer-1", "type": "consumer",
+            "brokers": {
+                "127.0.0.1:9092/bootstrap": {"source": "configured", "state": "INIT", "nodeid": -1},
+                "127.0.0.1:9092/1": {"source": "learned", "state": "UP", "nodeid": 1},
+                "GroupCoordinator": {"source": "logical", "state": "UP", "nodeid": 1}
+            },
+            "topics": {
+                "ad.impressions": {"topic": "ad.impressions", "partitions": {
+                    "0": {"partition": 0, "hi_offset": 120, "ls_offset": 118,
+                          "next_offset": 118, "fetchq_cnt": 0},
+                    "-1": {"partition": -1, "hi_offset": -1, "ls_offset": -1}
+                }},
+                "other": {"partitions": {"0": {"partition": 0}}}
+            }
+        }"#;
+        context.stats_raw(report);
+        assert!(context.connected());
+        let progress = context.progress();
+        let p0 = progress[&InputPartition { topic: 0, partition: 0 }];
+        assert_eq!((p0.end_offset, p0.fetch_offset, p0.queued), (118, 118, 0));
+        assert!(p0.caught_up());
+        assert_eq!(progress.len(), 1);
+
+        let down = br#"{"brokers": {"127.0.0.1:9092/1": {"source": "learned", "state": "DOWN"}}}"#;
+        context.stats_raw(down);
+        assert!(!context.connected());
     }
 }

@@ -2,25 +2,13 @@
 //! ready while it cannot reach the broker, and once the broker is back publishes exactly the
 //! reference values, losing nothing.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::pipeline::{final_watermark, partition_events, produce_partitions, PARTITIONS};
 use crate::support::broker::OwnBroker;
 use crate::support::kafka;
 use crate::support::reference::{changes, RefEvent};
-use crate::support::service::{get, read_output, test_config, InProcess, WINDOWS};
-
-/// Polls `path` until it answers `status`, or panics.
-async fn wait_for_status(addr: std::net::SocketAddr, path: &str, status: u16, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if get(addr, path).await.0 == status {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{path} did not answer {status} within {timeout:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
+use crate::support::service::{get, read_output, test_config, wait_for_status, InProcess, WINDOWS};
 
 #[tokio::test]
 async fn broker_down_at_start_and_mid_run_loses_nothing_and_readiness_follows_it() {

@@ -11,7 +11,7 @@ use crate::support::broker;
 use crate::support::kafka::{self, TestRecord};
 use crate::support::reference::{changes, value_at, RefEvent, RefWindow};
 use crate::support::service::{
-    creative_series, get, read_output, test_config, wait_for_metrics, InProcess,
+    creative_series, get, read_output, test_config, wait_for_metrics, wait_for_status, InProcess,
     OUT_OF_ORDERNESS_MS, WINDOWS,
 };
 
@@ -182,7 +182,8 @@ async fn separate_topics_publish_exact_window_values_across_out_of_order_partiti
         value_at(&all, window, (campaign, creative), end)
     );
     assert_eq!(served[0].window_end, ipm_stream::output::rfc3339(end));
-    assert_eq!(get(service.http_addr, "/readyz").await.0, 200);
+    // Readiness also waits for the client's first statistics (once a second).
+    wait_for_status(service.http_addr, "/readyz", 200, Duration::from_secs(10)).await;
     assert_eq!(get(service.http_addr, "/healthz").await.0, 200);
 
     service.stop().await;

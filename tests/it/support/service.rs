@@ -62,6 +62,11 @@ pub struct InProcess {
 impl InProcess {
     /// Starts the service with `config`.
     pub async fn start(config: Config) -> InProcess {
+        // The service's logs, captured per test and shown when it fails.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("info,librdkafka=warn,rdkafka=warn")
+            .with_test_writer()
+            .try_init();
         let shutdown = CancellationToken::new();
         let running = ipm_stream::start(config, shutdown.clone()).await.expect("service starts");
         InProcess { http_addr: running.http_addr, shutdown, running }
@@ -134,6 +139,23 @@ pub async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     let response = reqwest::get(format!("http://{addr}{path}")).await.expect("http request");
     let status = response.status().as_u16();
     (status, response.text().await.expect("http body"))
+}
+
+/// Polls `path` until it answers `status`, or panics.
+pub async fn wait_for_status(
+    addr: std::net::SocketAddr,
+    path: &str,
+    status: u16,
+    timeout: Duration,
+) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if get(addr, path).await.0 == status {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{path} did not answer {status} within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Parses Prometheus text into `name{labels}` → value, labels sorted as exposed.
