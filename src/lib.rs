@@ -20,6 +20,7 @@ pub mod config;
 pub mod deadletter;
 pub mod decode;
 pub mod dedupe;
+pub mod demo;
 pub mod http;
 pub mod ipm;
 pub mod live;

@@ -34,6 +34,8 @@ enum Command {
     Run,
     /// Produce realistic impression and install traffic into the configured cluster.
     Simulate(ipm_stream::simulate::SimulateArgs),
+    /// Run the whole pipeline on an embedded Kafka with simulated traffic and a live view.
+    Demo(ipm_stream::demo::DemoArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -44,7 +46,14 @@ enum LogFormat {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // The demo's table owns the terminal, so it routes log lines itself.
+    let demo_log = match cli.command {
+        Some(Command::Demo(_)) => ipm_stream::demo::init_logging(),
+        _ => {
+            init_logging(cli.log_format);
+            None
+        }
+    };
     let config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
         Err(error) => {
@@ -62,6 +71,11 @@ fn main() -> ExitCode {
             let shutdown = CancellationToken::new();
             tokio::spawn(cancel_on_signal(shutdown.clone()));
             ipm_stream::simulate::run(config, args, shutdown).await
+        }),
+        Command::Demo(args) => runtime.block_on(async {
+            let shutdown = CancellationToken::new();
+            tokio::spawn(cancel_on_signal(shutdown.clone()));
+            ipm_stream::demo::run(config, args, demo_log, shutdown).await
         }),
     };
     match result {

@@ -3,10 +3,12 @@
 
 mod badinput;
 mod cli;
+mod demo;
 mod deploy;
 mod outage;
 mod pipeline;
 mod restart;
+mod simulate;
 mod support;
 
 use std::time::Duration;
