@@ -172,7 +172,10 @@ impl Write for LogTail {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
         let text = String::from_utf8_lossy(bytes);
         let mut lines = self.0.lock().expect("no panics while holding the lock");
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        // Rejected messages are expected here (the simulator sends some) and are counted
+        // above the table; their per-message warnings would only crowd it.
+        let shown = |l: &&str| !l.trim().is_empty() && !l.contains("input message not counted");
+        for line in text.lines().filter(shown) {
             lines.push(line.trim().to_owned());
         }
         let excess = lines.len().saturating_sub(LOG_TAIL_LINES);
@@ -261,24 +264,41 @@ fn output_consumer(config: &Config, partitions: i32) -> anyhow::Result<StreamCon
     Ok(consumer)
 }
 
-/// Sum of every sample of the counter family `name`.
-fn counter_total(metrics: &Metrics, name: &str) -> f64 {
-    metrics
-        .registry
-        .gather()
-        .iter()
-        .filter(|family| family.name() == name)
-        .flat_map(|family| family.get_metric().iter().map(|m| m.get_counter().value()))
-        .sum()
+/// Sum of the samples of the counter family `name` whose labels pass `keep`.
+fn counter_sum(metrics: &Metrics, name: &str, keep: impl Fn(&[(&str, &str)]) -> bool) -> f64 {
+    let mut total = 0.0;
+    for family in metrics.registry.gather().iter().filter(|family| family.name() == name) {
+        for metric in family.get_metric() {
+            let labels: Vec<(&str, &str)> =
+                metric.get_label().iter().map(|l| (l.name(), l.value())).collect();
+            if keep(&labels) {
+                total += metric.get_counter().value();
+            }
+        }
+    }
+    total
 }
 
-/// Rates from counters sampled at each refresh.
+fn counter_total(metrics: &Metrics, name: &str) -> f64 {
+    counter_sum(metrics, name, |_| true)
+}
+
+/// Whether the `reason` label is `too_late`.
+fn too_late(labels: &[(&str, &str)]) -> bool {
+    labels.contains(&("reason", "too_late"))
+}
+
+/// Counters sampled at a refresh; rates are taken over the last [`RATE_SPAN`] of samples,
+/// since output comes in bursts, one per slide.
+#[derive(Clone, Copy)]
 struct Rates {
     at: Instant,
     produced: u64,
     consumed: f64,
     records: f64,
 }
+
+const RATE_SPAN: Duration = Duration::from_secs(10);
 
 impl Rates {
     fn sample(simulation: &Simulation, metrics: &Metrics) -> Rates {
@@ -348,7 +368,8 @@ pub async fn run(
     let refresh = if tty { args.refresh } else { args.refresh * 10 };
     let mut interval = tokio::time::interval(refresh.max(Duration::from_millis(100)));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut previous = Rates::sample(&simulation, &running.metrics);
+    let mut samples =
+        std::collections::VecDeque::from([Rates::sample(&simulation, &running.metrics)]);
     let incidents: Vec<String> =
         simulation.settings.incidents.iter().map(ToString::to_string).collect();
     // The last view, printed again after the alternate screen is left so that it stays in
@@ -365,7 +386,13 @@ pub async fn run(
             break;
         }
         let now = Rates::sample(&simulation, &running.metrics);
+        while samples.len() > 1 && now.at.duration_since(samples[0].at) > RATE_SPAN {
+            samples.pop_front();
+        }
+        let previous = samples[0];
+        samples.push_back(now);
         let seconds = now.at.duration_since(previous.at).as_secs_f64().max(1e-3);
+        let metrics = &running.metrics;
         let delay = running.metrics.watermark.get();
         let status = Status {
             seed: simulation.settings.seed,
@@ -376,11 +403,13 @@ pub async fn run(
             records_per_s: (now.records - previous.records) / seconds,
             watermark_delay_s: (delay > 0.0).then(|| running.metrics.watermark_delay.get()),
             active_keys: running.metrics.active_keys.get(),
+            rejected: counter_sum(metrics, names::EVENTS_REJECTED, |l| !too_late(l)) as u64,
+            duplicates: counter_total(metrics, names::DUPLICATES) as u64,
+            too_late: counter_sum(metrics, names::EVENTS_REJECTED, too_late) as u64,
             simulated_hour: simulated_hour(&simulation),
             incidents: incidents.clone(),
             warnings: log_tail.as_ref().map(LogTail::lines).unwrap_or_default(),
         };
-        previous = now;
         let board = board.lock().expect("no panics while holding the lock");
         let text = if tty {
             last_view = view::render(&board, &status, args.top);

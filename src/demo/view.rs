@@ -28,6 +28,10 @@ pub struct Status {
     /// Wall clock minus the pipeline's watermark, if it has one.
     pub watermark_delay_s: Option<f64>,
     pub active_keys: i64,
+    /// Messages the pipeline did not count, by cause, since the start.
+    pub rejected: u64,
+    pub duplicates: u64,
+    pub too_late: u64,
     /// Simulated time of day, in hours.
     pub simulated_hour: f64,
     /// Incidents, as `Display`ed.
@@ -215,7 +219,26 @@ fn delay(status: &Status) -> String {
     status.watermark_delay_s.map_or_else(|| "no watermark yet".into(), |d| format!("{d:.1} s"))
 }
 
-/// The live table, each line at most [`WIDTH`] columns.
+/// An IPM figure in at most 4 characters where it can: one decimal below 100.
+fn ipm_figure(value: f64) -> String {
+    if value < 99.95 {
+        format!("{value:.1}")
+    } else {
+        format!("{value:.0}")
+    }
+}
+
+/// Width of a window's `impressions/installs` cell.
+const CELL: usize = 11;
+/// Width of the `IPM (low-high)` cell.
+const IPM_CELL: usize = 17;
+
+/// The live table, each line at most [`WIDTH`] columns:
+///
+/// ```text
+/// camp. creative  ─── 1m ───  ─── 5m ───  ─── 15m ──  ─ IPM 5m, 95% CI ─ trend
+/// c-01  cr-01-1    5112/207   25.6k/1031  60.1k/2440  40.3 (37.9-42.8) ▅▆▆▇▇█▇▆▃▂
+/// ```
 pub fn render(board: &Board, status: &Status, top: usize) -> Vec<String> {
     let mut lines = Vec::new();
     let hour = status.simulated_hour;
@@ -234,14 +257,27 @@ pub fn render(board: &Board, status: &Status, top: usize) -> Vec<String> {
         delay(status),
         status.active_keys
     ));
-    lines.push(format!("Prometheus {0}/metrics · pull API {0}/v1/ipm", status.http));
+    lines.push(format!(
+        "not counted: {} malformed, {} duplicates, {} too late · Ctrl-C stops",
+        status.rejected, status.duplicates, status.too_late
+    ));
+    lines.push(format!("scrape {0}/metrics · pull {0}/v1/ipm", status.http));
     lines.push(String::new());
     let focus = board.focus();
+    let ruled = |label: String, width: usize| {
+        let label = format!(" {label} ");
+        let left = width.saturating_sub(label.chars().count()) / 2;
+        let right = width.saturating_sub(label.chars().count() + left);
+        format!("{}{label}{}", "─".repeat(left), "─".repeat(right))
+    };
     let mut header = format!("{:<5} {:<8}", "camp.", "creative");
     for window in board.windows.iter().take(3) {
-        header.push_str(&format!(" {:>11}", format!("{window} imp/ins")));
+        header.push(' ');
+        header.push_str(&ruled(window.clone(), CELL));
     }
-    header.push_str(&format!(" {:>18} {}", format!("IPM {focus} (95% CI)"), "trend"));
+    header.push(' ');
+    header.push_str(&ruled(format!("IPM {focus}, 95% CI"), IPM_CELL));
+    header.push_str(" trend");
     lines.push(header);
     let rows = board.top(top);
     if rows.is_empty() {
@@ -250,17 +286,28 @@ pub fn render(board: &Board, status: &Status, top: usize) -> Vec<String> {
     for row in rows {
         let mut line = format!("{:<5} {:<8}", fit(&row.campaign_id, 5), fit(&row.creative_id, 8));
         for counts in row.counts.iter().take(3) {
+            // Impressions right-aligned and installs left-aligned around a fixed slash.
             let cell = counts.map_or_else(
-                || "-".to_owned(),
-                |(i, n)| format!("{:>5}/{:<5}", compact(i), compact(n)),
+                || format!("{:>6} {:<4}", "-", ""),
+                |(i, n)| {
+                    let (i, n) = (compact(i), compact(n));
+                    // Five-character install counts borrow a column from impressions.
+                    if n.len() > 4 {
+                        format!("{i:>5}/{n:<5}")
+                    } else {
+                        format!("{i:>6}/{n:<4}")
+                    }
+                },
             );
-            line.push_str(&format!(" {cell:>11}"));
+            line.push_str(&format!(" {cell:<CELL$}"));
         }
         let ipm = row.ipm.map_or_else(
             || "-".to_owned(),
-            |(value, low, high)| format!("{value:.1} ({low:.1}-{high:.1})"),
+            |(value, low, high)| {
+                format!("{} ({}-{})", ipm_figure(value), ipm_figure(low), ipm_figure(high))
+            },
         );
-        line.push_str(&format!(" {:>18} {}", fit(&ipm, 18), sparkline(&row.trend)));
+        line.push_str(&format!(" {:>IPM_CELL$} {}", fit(&ipm, IPM_CELL), sparkline(&row.trend)));
         lines.push(line);
     }
     lines.push(String::new());
@@ -273,7 +320,6 @@ pub fn render(board: &Board, status: &Status, top: usize) -> Vec<String> {
     for warning in &status.warnings {
         lines.push(format!("! {warning}"));
     }
-    lines.push("Ctrl-C stops: the pipeline drains, commits and exits".into());
     lines.into_iter().map(|line| fit(&line, WIDTH)).collect()
 }
 
@@ -349,7 +395,7 @@ mod tests {
         let key = |creative: &str| format!(r#"["c-01","{creative}","5m"]"#).into_bytes();
         for step in 0..10 {
             let installs = if step < 5 { 40 } else { 20 };
-            board.apply(&key("a"), Some(record("a", "5m", 1_000 + step * 30, (1000, installs))));
+            board.apply(&key("a"), Some(record("a", "5m", 990 + step * 30, (1000, installs))));
         }
         board.apply(&key("b"), Some(record("b", "5m", 1_270, (5000, 10))));
         board.apply(&key("b"), Some(record("b", "1m", 1_270, (900, 2))));
@@ -385,8 +431,11 @@ mod tests {
         for line in &lines {
             assert!(line.chars().count() <= WIDTH, "{line}");
         }
-        assert!(lines[4].contains("IPM 5m (95% CI)"), "{}", lines[4]);
-        assert!(lines[5].starts_with("c-01  cr-01-1"), "{}", lines[5]);
+        assert!(lines[5].contains("IPM 5m, 95% CI"), "{}", lines[5]);
+        assert!(lines[6].starts_with("c-01  cr-01-1"), "{}", lines[6]);
+        // Every row ends with a whole trend: nothing was cut.
+        assert!(lines[6..9].iter().all(|l| !l.ends_with('…')), "{lines:#?}");
+        assert_eq!(lines[0].chars().count(), 77, "{}", lines[0]);
         let plain = plain(&board, &status, 2);
         assert_eq!(plain.len(), 3);
         assert!(plain[1].contains("c-01/cr-01-1 5m: 123456789 impressions"), "{}", plain[1]);
