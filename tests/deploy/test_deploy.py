@@ -332,3 +332,26 @@ def test_dockerfile_builds_locked_and_runs_non_root_with_only_binary_and_config(
     docs = render("base")
     pod = one(docs, "Deployment")["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsUser"] == int(user.group(1))
+
+
+def docker_context_allows(path):
+    """Whether .dockerignore (an allowlist: `*` then `!entry` lines) lets `path` through."""
+    allowed = [line[1:].rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()
+               if line.startswith("!")]
+    return any(path == entry or path.startswith(entry + "/") for entry in allowed)
+
+
+def test_docker_context_holds_every_file_cargo_needs_to_build():
+    manifest = tomllib.loads((ROOT / "Cargo.toml").read_text())
+    needed = ["Cargo.toml", "Cargo.lock", "src/main.rs", "src/lib.rs", "config/ipm-stream.toml"]
+    folders = {"bin": "src/bin", "bench": "benches", "test": "tests", "example": "examples"}
+    for kind, folder in folders.items():
+        for target in manifest.get(kind, []):
+            needed.append(target.get("path", f"{folder}/{target['name']}.rs"))
+    if "build" in manifest.get("package", {}):
+        needed.append(manifest["package"]["build"])
+    elif (ROOT / "build.rs").exists():
+        needed.append("build.rs")
+    for path in needed:
+        assert docker_context_allows(path), f".dockerignore leaves out {path}, which Cargo needs"
+    assert not docker_context_allows("target/release/ipm-stream")
