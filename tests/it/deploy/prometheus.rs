@@ -214,6 +214,15 @@ impl Prometheus {
         Some((labels, value))
     }
 
+    /// Runs `query` once and returns how many series it gave; panics if Prometheus refuses it.
+    async fn evaluate(&self, query: &str) -> usize {
+        let url = format!("http://{}/api/v1/query", self.addr);
+        let response = reqwest::Client::new().get(url).query(&[("query", query)]).send().await;
+        let body: serde_json::Value = response.unwrap().json().await.unwrap();
+        assert_eq!(body["status"], "success", "Prometheus refuses {query}: {body}");
+        body["data"]["result"].as_array().map_or(0, Vec::len)
+    }
+
     /// Polls `query` until its single value satisfies `check`, or panics with what was seen.
     async fn wait_for(&self, query: &str, check: impl Fn(f64) -> bool) -> f64 {
         let deadline = Instant::now() + Duration::from_secs(90);
@@ -308,6 +317,22 @@ async fn promql_through_a_real_prometheus_returns_exactly_the_ipm_the_service_co
             |v| (v - campaign_ipm).abs() <= 1e-9 * campaign_ipm,
         )
         .await;
+
+    // Every dashboard query is valid PromQL for this Prometheus, with the variables Grafana
+    // fills in; the per-creative ones find the creative picked.
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&super::promql::read("deploy/grafana/ipm-stream.json")).unwrap();
+    for expr in super::promql::dashboard_expressions(&dashboard) {
+        let filled = expr
+            .replace("$campaign", "c-one")
+            .replace("$creative", "cr-solo")
+            .replace("$window", window)
+            .replace("$__rate_interval", "1m");
+        let series = prometheus.evaluate(&filled).await;
+        if expr.contains("$creative") {
+            assert!(series > 0, "{filled} finds nothing");
+        }
+    }
     drop(prometheus);
     fed.service.stop().await;
 }
