@@ -299,15 +299,22 @@ impl Simulation {
 
 /// Fails with a clear message when `topic` cannot be reached or does not exist.
 fn check_topic(producer: &ThreadedProducer<DeliveryCounter>, topic: &str) -> anyhow::Result<()> {
-    let metadata = producer
-        .client()
-        .fetch_metadata(Some(topic), Duration::from_secs(15))
-        .with_context(|| format!("cannot read metadata of topic `{topic}` from the brokers"))?;
-    let found = metadata.topics().iter().find(|t| t.name() == topic);
-    match found {
-        Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(()),
-        _ => anyhow::bail!("topic `{topic}` does not exist; create it first"),
+    // A cluster that creates topics on first use answers "unknown" to the request that
+    // creates one: ask a few times before giving up.
+    for attempt in 1..=5 {
+        let metadata = producer
+            .client()
+            .fetch_metadata(Some(topic), Duration::from_secs(15))
+            .with_context(|| format!("cannot read metadata of topic `{topic}` from the brokers"))?;
+        let found = metadata.topics().iter().find(|t| t.name() == topic);
+        if found.is_some_and(|t| t.error().is_none() && !t.partitions().is_empty()) {
+            return Ok(());
+        }
+        if attempt < 5 {
+            std::thread::sleep(Duration::from_millis(500));
+        }
     }
+    anyhow::bail!("topic `{topic}` does not exist; create it first")
 }
 
 struct Producing {
