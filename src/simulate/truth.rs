@@ -1,15 +1,6 @@
 //! Ground truth of a simulated run: the true impressions and installs per (campaign, creative,
-//! window, window end), counting each unique, well-formed event once by its event time. Written
+//! window, window end), counting each unique, well-formed event once by its event time, written
 //! as JSON lines so that a run can be checked against the service's output.
-//!
-//! Events sent later than the out-of-orderness bound are true events, so they are counted;
-//! the service counts one in a window only if that window was not yet published when the
-//! event arrived. A late event delivered at `d` cannot have been preceded on its partition by
-//! an event newer than `d` (messages are sent in delivery order and none is sent before its
-//! event time), so the watermark was at most `d - bound` when it was read and every window
-//! ending after that still counts it. Windows ending at or before `d - bound` may or may not:
-//! such events are also reported as `late_impressions` / `late_installs`, and the service's
-//! value lies between `impressions - late_impressions` and `impressions` (likewise installs).
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -44,6 +35,15 @@ pub struct TruthRow {
 }
 
 /// Accumulates the true counts of a run.
+///
+/// Events sent later than the out-of-orderness bound are true events, so they are counted;
+/// the service counts one in a window only if that window was not yet published when the
+/// event arrived. A late event delivered at `d` cannot have been preceded on its partition by
+/// an event newer than `d` (messages are sent in delivery order and none before its event
+/// time), so the watermark was at most `d - bound` when it was read and every window ending
+/// after that still counts it. Windows ending at or before `d - bound` may or may not: such
+/// events are also reported as `late_impressions` / `late_installs`, and the service's value
+/// lies between `impressions - late_impressions` and `impressions` (likewise installs).
 #[derive(Debug)]
 pub struct GroundTruth {
     windows: Vec<WindowSpec>,
