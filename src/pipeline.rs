@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
 use rdkafka::error::KafkaResult;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::FutureProducer;
@@ -77,8 +77,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         .map_err(|e| ConfigError::Invalid { key: "input.fields".into(), reason: e.to_string() })?;
     let (topics, kinds) = input_topics(&config);
 
-    let context = SourceContext::new(topics.clone(), metrics.commits.clone());
-    let consumer: StreamConsumer<SourceContext> = consumer_config(&config)
+    let context = SourceContext::new(topics.clone());
+    let consumer: Consumer = consumer_config(&config)
         .create_with_context(context)
         .map_err(|source| PipelineError::Client { client: "consumer", source })?;
     let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
@@ -132,9 +132,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         },
         rejections: RejectionLog::default(),
         restore_started: None,
+        commit_in_flight: None,
     };
     let grace = config.shutdown.grace_period;
-    let task = tokio::spawn(run(consumer, processor, shutdown, grace));
+    let task = tokio::spawn(run(Arc::new(consumer), processor, shutdown, grace));
     Ok(Running { http_addr, live, metrics, task })
 }
 
@@ -148,6 +149,9 @@ fn input_topics(config: &Config) -> (Vec<String>, Vec<KindSource>) {
         Layout::Single => (vec![config.input.events_topic.clone()], vec![KindSource::Field]),
     }
 }
+
+/// The input consumer, shared with the blocking tasks that commit its offsets.
+type Consumer = StreamConsumer<SourceContext>;
 
 /// Per-topic counters resolved once, so the hot path does no label lookups.
 struct TopicCounters {
@@ -235,6 +239,8 @@ struct Processor {
     rejections: RejectionLog,
     /// When the current state rebuild began, for the restore-duration metric.
     restore_started: Option<Instant>,
+    /// The offset commit running on a blocking thread.
+    commit_in_flight: Option<JoinHandle<KafkaResult<()>>>,
 }
 
 fn now_ms() -> i64 {
@@ -242,7 +248,7 @@ fn now_ms() -> i64 {
 }
 
 async fn run(
-    consumer: StreamConsumer<SourceContext>,
+    consumer: Arc<Consumer>,
     mut processor: Processor,
     shutdown: CancellationToken,
     grace: Duration,
@@ -277,10 +283,7 @@ async fn run(
 
 impl Processor {
     /// Applies assignment changes queued by the consumer's rebalance callback.
-    fn apply_assignments(
-        &mut self,
-        consumer: &StreamConsumer<SourceContext>,
-    ) -> Result<(), PipelineError> {
+    fn apply_assignments(&mut self, consumer: &Consumer) -> Result<(), PipelineError> {
         let now = now_ms();
         for change in consumer.context().take_changes() {
             match change {
@@ -316,7 +319,7 @@ impl Processor {
     /// Applies pending rebalances, then handles what the consumer delivered.
     fn on_received(
         &mut self,
-        consumer: &StreamConsumer<SourceContext>,
+        consumer: &Consumer,
         message: KafkaResult<BorrowedMessage<'_>>,
     ) -> Result<(), PipelineError> {
         self.apply_assignments(consumer)?;
@@ -460,11 +463,14 @@ impl Processor {
 
     async fn on_tick(
         &mut self,
-        consumer: &StreamConsumer<SourceContext>,
+        consumer: &Arc<Consumer>,
         shutdown: &CancellationToken,
     ) -> Result<(), PipelineError> {
         self.apply_assignments(consumer)?;
         self.observe_progress(consumer);
+        if self.commit_in_flight.as_ref().is_some_and(JoinHandle::is_finished) {
+            self.finish_commit().await;
+        }
         let now = now_ms();
         let started = Instant::now();
         if let Some(round) = self.aggregator.advance(now) {
@@ -473,7 +479,7 @@ impl Processor {
             }
             if self.publish(round, now, shutdown).await && self.settle_dead_letters(shutdown).await
             {
-                self.commit(consumer, CommitMode::Async);
+                self.commit(consumer).await;
                 self.metrics.round_duration.observe(started.elapsed().as_secs_f64());
             }
         }
@@ -482,7 +488,7 @@ impl Processor {
     }
 
     /// Reads the client's statistics and position into idleness, replay progress and lag.
-    fn observe_progress(&mut self, consumer: &StreamConsumer<SourceContext>) {
+    fn observe_progress(&mut self, consumer: &Consumer) {
         let progress = consumer.context().progress();
         let partitions: Vec<InputPartition> = self.aggregator.partitions().collect();
         for partition in &partitions {
@@ -628,8 +634,11 @@ impl Processor {
         self.live.remove(key);
     }
 
-    /// Commits every partition's progress, with its checkpoint as commit metadata.
-    fn commit(&self, consumer: &StreamConsumer<SourceContext>, mode: CommitMode) {
+    /// Commits every partition's progress, with its checkpoint as commit metadata. The commit
+    /// runs on a blocking thread, so that the loop goes on while the broker answers; the next
+    /// commit waits for it, which keeps commits in order.
+    async fn commit(&mut self, consumer: &Arc<Consumer>) {
+        self.finish_commit().await;
         let points = self.aggregator.commit_points();
         if points.is_empty() {
             return;
@@ -643,14 +652,24 @@ impl Processor {
             }
             element.set_metadata(serde_json::to_string(&checkpoint).expect("plain numbers"));
         }
-        // Results, of async commits too, are counted by the consumer's commit callback.
-        if let Err(error) = consumer.commit(&offsets, mode) {
-            tracing::warn!(cause = %error, "offset commit not sent; the next round retries");
+        let consumer = Arc::clone(consumer);
+        self.commit_in_flight =
+            Some(tokio::task::spawn_blocking(move || consumer.commit(&offsets, CommitMode::Sync)));
+    }
+
+    /// Waits for the commit in flight, if any, and counts its result.
+    async fn finish_commit(&mut self) {
+        let Some(task) = self.commit_in_flight.take() else { return };
+        let result = task.await.expect("commit tasks do not panic");
+        let label = if result.is_ok() { "ok" } else { "error" };
+        self.metrics.commits.with_label_values(&[label]).inc();
+        if let Err(error) = result {
+            tracing::warn!(cause = %error, "offset commit failed; the next round retries");
         }
     }
 
     /// Stops fetching, publishes what the watermark allows, flushes and commits.
-    async fn drain(&mut self, consumer: &StreamConsumer<SourceContext>) {
+    async fn drain(&mut self, consumer: &Arc<Consumer>) {
         if let Ok(assignment) = consumer.assignment() {
             let _ = consumer.pause(&assignment);
         }
@@ -669,6 +688,7 @@ impl Processor {
             return;
         }
         self.publisher.flush(Duration::from_secs(5));
-        self.commit(consumer, CommitMode::Sync);
+        self.commit(consumer).await;
+        self.finish_commit().await;
     }
 }

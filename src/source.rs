@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
-use rdkafka::error::KafkaResult;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 
@@ -93,8 +92,6 @@ pub struct SourceContext {
     changes: Mutex<Vec<Assignment>>,
     changed: AtomicBool,
     progress: Mutex<HashMap<InputPartition, PartitionProgress>>,
-    /// Commit results, by `result` label.
-    commits: prometheus::IntCounterVec,
     /// Whether the last statistics showed a live connection to any broker.
     connected: AtomicBool,
 }
@@ -105,13 +102,12 @@ const RESTORE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl SourceContext {
     /// A context for a consumer of `input_topics` (indices are [`InputPartition::topic`]).
-    pub fn new(input_topics: Vec<String>, commits: prometheus::IntCounterVec) -> SourceContext {
+    pub fn new(input_topics: Vec<String>) -> SourceContext {
         SourceContext {
             input_topics,
             changes: Mutex::new(Vec::new()),
             changed: AtomicBool::new(false),
             progress: Mutex::new(HashMap::new()),
-            commits,
             connected: AtomicBool::new(false),
         }
     }
@@ -258,16 +254,6 @@ impl ClientContext for SourceContext {
 }
 
 impl ConsumerContext for SourceContext {
-    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
-        match result {
-            Ok(()) => self.commits.with_label_values(&["ok"]).inc(),
-            Err(error) => {
-                self.commits.with_label_values(&["error"]).inc();
-                tracing::warn!(cause = %error, "offset commit failed; the next round retries");
-            }
-        }
-    }
-
     fn rebalance(
         &self,
         consumer: &BaseConsumer<Self>,
@@ -319,8 +305,7 @@ mod tests {
     use super::*;
 
     fn context() -> SourceContext {
-        let commits = prometheus::IntCounterVec::new(prometheus::Opts::new("c", "c"), &["result"]);
-        SourceContext::new(vec!["ad.impressions".into()], commits.unwrap())
+        SourceContext::new(vec!["ad.impressions".into()])
     }
 
     #[test]

@@ -139,8 +139,10 @@ async fn separate_topics_publish_exact_window_values_across_out_of_order_partiti
     let impressions_topic = config.input.impressions_topic.clone();
     let counted =
         format!("{}{{outcome=\"counted\",topic=\"{impressions_topic}\"}}", names::EVENTS_CONSUMED);
+    // Every round commits; none failed.
+    let commits_ok = format!("{}{{result=\"ok\"}}", names::COMMITS);
     let metrics = wait_for_metrics(service.http_addr, Duration::from_secs(20), |m| {
-        m.get(&counted) == Some(&(PARTITIONS as f64 * 800.0))
+        m.get(&counted) == Some(&(PARTITIONS as f64 * 800.0)) && m.contains_key(&commits_ok)
     })
     .await;
     for window in &WINDOWS {
@@ -160,6 +162,7 @@ async fn separate_topics_publish_exact_window_values_across_out_of_order_partiti
     );
     assert_eq!(metrics[&installs_counted], PARTITIONS as f64 * 60.0);
     assert_eq!(metrics[names::ACTIVE_KEYS], KEYS.len() as f64);
+    assert!(!metrics.contains_key(&format!("{}{{result=\"error\"}}", names::COMMITS)));
     assert_eq!(metrics[names::WATERMARK], watermark as f64 / 1000.0);
     let late: Vec<f64> = metrics
         .iter()
