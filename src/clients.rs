@@ -59,6 +59,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn clients_accept_the_production_example_security_settings() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("config/production.example.toml");
+        let mut config = Config::load_with_env(Some(&path), Some(Default::default())).unwrap();
+        config.kafka.brokers = "127.0.0.1:1".into();
+        config.kafka.librdkafka.remove("ssl.ca.location");
+        config.kafka.librdkafka.insert("sasl.username".into(), "u".into());
+        config.kafka.librdkafka.insert("sasl.password".into(), "p".into());
+        // SASL_SSL with SCRAM needs librdkafka built with TLS; creation fails without it.
+        let producer: Result<rdkafka::producer::BaseProducer, _> =
+            producer_config(&config).create();
+        assert!(producer.is_ok(), "{:?}", producer.err());
+    }
+
+    #[test]
     fn user_properties_override_service_defaults() {
         let mut config = Config::default();
         config.kafka.producer.insert("linger.ms".into(), "50".into());
