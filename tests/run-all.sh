@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: formatting, lints, unit and property tests, and the integration
-# tests against a real Kafka broker. Installs what the tests need when it is missing (a Java
-# runtime and Maven, which fetches the broker's jars on first use) and says what it is doing.
+# Runs the whole test suite: formatting, lints, the deploy/ checks, unit and property tests, and
+# the integration tests against a real Kafka broker and a real Prometheus. Installs what the
+# tests need when it is missing (a Java runtime and Maven, which fetches the broker's jars on
+# first use; Prometheus; Python packages; kustomize) and says what it is doing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
