@@ -343,3 +343,68 @@ async fn unwritable_dead_letter_topic_holds_offsets_back_until_it_recovers() {
     assert_eq!(letters.len(), 1, "the letter is written once");
     service.stop().await;
 }
+
+/// A stream with one undecodable message at `bad_offset` of a one-partition topic.
+async fn stream_with_one_bad_message(config: &Config, bad_offset: usize) -> Vec<RefEvent> {
+    let bootstrap = &config.kafka.brokers;
+    kafka::create_topic(bootstrap, &config.input.events_topic, 1).await;
+    kafka::create_compacted_topic(bootstrap, &config.output.topic, 1).await;
+    kafka::create_topic(bootstrap, &config.dead_letter.topic, 1).await;
+    let events = partition_events(9, false, 1_000, 120);
+    let mut records: Vec<TestRecord> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| TestRecord {
+            value: Some(event_json(e, &format!("m-{i}"))),
+            ..TestRecord::default()
+        })
+        .collect();
+    let bad = TestRecord { value: Some(b"{oops".to_vec()), ..TestRecord::default() };
+    records.insert(bad_offset, bad);
+    kafka::produce(bootstrap, &config.input.events_topic, &records).await;
+    events
+}
+
+#[tokio::test]
+async fn drop_mode_counts_bad_input_and_writes_no_dead_letter() {
+    let bootstrap = &broker::shared().bootstrap;
+    let mut config = single_topic_config(bootstrap);
+    config.dead_letter.on_error = ipm_stream::deadletter::OnError::Drop;
+    let events = stream_with_one_bad_message(&config, 30).await;
+    let expected = changes(&events, &WINDOWS, final_watermark(std::slice::from_ref(&events)));
+
+    let service = InProcess::start(config.clone()).await;
+    let output = read_output(bootstrap, &config.output.topic, Duration::from_secs(60), |out| {
+        out.values.len() >= expected.len()
+    })
+    .await;
+    assert_eq!(output.values, expected);
+    let topic = &config.input.events_topic;
+    let rejected = format!("{}{{reason=\"not_json\",topic=\"{topic}\"}}", names::EVENTS_REJECTED);
+    let metrics =
+        wait_for_metrics(service.http_addr, Duration::from_secs(10), |m| m.contains_key(&rejected))
+            .await;
+    assert_eq!(metrics[&rejected], 1.0);
+    assert!(!metrics.keys().any(|k| k.starts_with(names::DEAD_LETTERS)));
+    service.stop().await;
+    assert_eq!(kafka::end_offsets(bootstrap, &config.dead_letter.topic, 1), [0]);
+}
+
+#[tokio::test]
+async fn fail_mode_stops_at_the_bad_message_without_committing_past_it() {
+    let bootstrap = &broker::shared().bootstrap;
+    let mut config = single_topic_config(bootstrap);
+    config.dead_letter.on_error = ipm_stream::deadletter::OnError::Fail;
+    let bad_offset = 30;
+    stream_with_one_bad_message(&config, bad_offset).await;
+
+    let service = InProcess::start(config.clone()).await;
+    let ended = service.stopped(Duration::from_secs(60)).await;
+    let error = ended.expect_err("the service stops with an error");
+    let message = error.to_string();
+    let topic = &config.input.events_topic;
+    assert!(message.contains(&format!("{topic}/0@{bad_offset}")), "{message}");
+    assert!(message.contains("not_json"), "{message}");
+    let committed = kafka::committed_offsets(bootstrap, &config.kafka.group_id, topic, 1);
+    assert!(committed[0].1 <= bad_offset as i64, "{committed:?}");
+}

@@ -220,3 +220,17 @@ pub fn committed_offsets(
         })
         .collect()
 }
+
+/// The high watermark (end offset) of each partition `0..partitions` of `topic`.
+pub fn end_offsets(bootstrap: &str, topic: &str, partitions: i32) -> Vec<i64> {
+    let consumer: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", bootstrap).create().expect("create consumer");
+    (0..partitions)
+        .map(|p| {
+            let (_, high) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(30))
+                .unwrap_or_else(|e| panic!("reading the end of {topic}/{p} failed: {e}"));
+            high
+        })
+        .collect()
+}

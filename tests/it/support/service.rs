@@ -80,6 +80,13 @@ impl InProcess {
             .expect("service stops within its grace period")
             .expect("service stops cleanly");
     }
+
+    /// Waits for the service to stop on its own, and returns how it ended.
+    pub async fn stopped(self, timeout: Duration) -> Result<(), ipm_stream::PipelineError> {
+        tokio::time::timeout(timeout, self.running.wait())
+            .await
+            .expect("service stops on its own within the timeout")
+    }
 }
 
 /// Output records by (campaign, creative, window, window end); tombstones listed apart.
