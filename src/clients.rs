@@ -60,8 +60,8 @@ mod tests {
 
     #[test]
     fn clients_accept_the_production_example_security_settings() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("config/production.example.toml");
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/production.example.toml");
         let mut config = Config::load_with_env(Some(&path), Some(Default::default())).unwrap();
         config.kafka.brokers = "127.0.0.1:1".into();
         config.kafka.librdkafka.remove("ssl.ca.location");
