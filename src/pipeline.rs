@@ -28,7 +28,6 @@ use crate::live::LiveState;
 use crate::metrics::{outcome, Metrics};
 use crate::output::{record_key, IpmRecord, OutputRecord, Publisher};
 use crate::source::{Assignment, SourceContext};
-use crate::window::WindowSpec;
 
 /// Why the service could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -104,20 +103,19 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let counters = topics.iter().map(|t| TopicCounters::new(&metrics, t)).collect();
     let late_by_window =
         windows.iter().map(|w| metrics.late_events.with_label_values(&[&w.name])).collect();
+    let shortest_slide_ms = windows.iter().map(|w| w.slide_ms).min().unwrap_or(1000);
     let aggregator = Aggregator::new(AggregatorSettings {
-        windows: windows.clone(),
+        windows,
         out_of_orderness_ms: config.out_of_orderness_ms(),
         idle_timeout_ms: config.idle_timeout_ms(),
         replay_horizon_ms: if config.dedupe.enabled { config.dedupe_horizon_ms() } else { 0 },
     });
-    let shortest_slide_ms = windows.iter().map(|w| w.slide_ms).min().unwrap_or(1000);
     let deduper =
         config.dedupe.enabled.then(|| Deduper::new(config.dedupe_horizon_ms(), shortest_slide_ms));
     let processor = Processor {
         aggregator,
         decoder,
         kinds,
-        windows,
         counters,
         late_by_window,
         metrics: metrics.clone(),
@@ -226,7 +224,6 @@ struct Processor {
     aggregator: Aggregator,
     decoder: Decoder,
     kinds: Vec<KindSource>,
-    windows: Vec<WindowSpec>,
     counters: Vec<TopicCounters>,
     late_by_window: Vec<prometheus::IntCounter>,
     metrics: Arc<Metrics>,
@@ -561,7 +558,7 @@ impl Processor {
         let mut batch = Vec::with_capacity(round.updates.len() + round.evicted.len());
         let mut records = Vec::with_capacity(round.updates.len());
         for update in &round.updates {
-            let spec = &self.windows[update.window];
+            let spec = &self.aggregator.windows()[update.window];
             let record = IpmRecord::new(update, spec, round.watermark_ms, now);
             let value = serde_json::to_vec(&record).expect("records always serialize");
             batch.push(OutputRecord {
@@ -571,7 +568,7 @@ impl Processor {
             records.push((update.key.clone(), record));
         }
         for key in &round.evicted {
-            for spec in &self.windows {
+            for spec in self.aggregator.windows() {
                 batch.push(OutputRecord { key: record_key(key, &spec.name), value: None });
             }
         }
@@ -591,7 +588,7 @@ impl Processor {
             }
             let produced = &self.metrics.records_produced;
             produced.with_label_values(&["update"]).inc_by(round.updates.len() as u64);
-            let tombstones = (round.evicted.len() * self.windows.len()) as u64;
+            let tombstones = (round.evicted.len() * self.aggregator.windows().len()) as u64;
             produced.with_label_values(&["tombstone"]).inc_by(tombstones);
             self.metrics.last_output.set(now as f64 / 1000.0);
         }
@@ -618,7 +615,7 @@ impl Processor {
 
     /// Removes a key's gauges and live values.
     fn forget(&self, key: &CreativeKey) {
-        for spec in &self.windows {
+        for spec in self.aggregator.windows() {
             let labels = [&*key.campaign_id, &*key.creative_id, spec.name.as_str()];
             let metrics = &self.metrics;
             for gauge in [
