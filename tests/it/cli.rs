@@ -32,3 +32,18 @@ fn bad_field_pointer_exits_78_naming_the_section() {
     assert_eq!(code, Some(78), "{stderr}");
     assert!(stderr.contains("input.fields"), "{stderr}");
 }
+
+#[test]
+fn json_log_format_writes_one_json_object_per_line() {
+    let output = Command::new(env!("CARGO_BIN_EXE_ipm-stream"))
+        .args(["--log-format", "json"])
+        .env("IPM__KAFKA__GROUP", "g")
+        .output()
+        .expect("the binary runs");
+    assert_eq!(output.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let line = stderr.lines().next().expect("a log line");
+    let record: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
+    assert_eq!(record["level"], "ERROR");
+    assert!(record["message"].as_str().unwrap().contains("unknown field `group`"), "{line}");
+}
