@@ -4,9 +4,11 @@
 
 use std::time::Duration;
 
-use crate::pipeline::{final_watermark, partition_events, produce_partitions, PARTITIONS};
+use crate::pipeline::{
+    create_separate_topics, final_watermark, partition_events, produce_partitions, split,
+    PARTITIONS,
+};
 use crate::support::broker::OwnBroker;
-use crate::support::kafka;
 use crate::support::reference::{changes, RefEvent};
 use crate::support::service::{get, read_output, test_config, wait_for_status, InProcess, WINDOWS};
 
@@ -15,9 +17,7 @@ async fn broker_down_at_start_and_mid_run_loses_nothing_and_readiness_follows_it
     let broker = tokio::task::spawn_blocking(OwnBroker::start).await.unwrap();
     let bootstrap = broker.bootstrap.clone();
     let config = test_config(&bootstrap);
-    kafka::create_topic(&bootstrap, &config.input.impressions_topic, PARTITIONS).await;
-    kafka::create_topic(&bootstrap, &config.input.installs_topic, PARTITIONS).await;
-    kafka::create_compacted_topic(&bootstrap, &config.output.topic, 1).await;
+    create_separate_topics(&bootstrap, &config, 1).await;
     let broker = tokio::task::spawn_blocking(move || {
         broker.kill();
         broker
@@ -41,11 +41,8 @@ async fn broker_down_at_start_and_mid_run_loses_nothing_and_readiness_follows_it
         (0..PARTITIONS).map(|p| partition_events(41 + p as u64, false, 900, 300)).collect();
     let installs: Vec<Vec<RefEvent>> =
         (0..PARTITIONS).map(|p| partition_events(43 + p as u64, true, 12_000, 24)).collect();
-    let half = |events: &[Vec<RefEvent>]| -> (Vec<Vec<RefEvent>>, Vec<Vec<RefEvent>>) {
-        events.iter().map(|e| (e[..e.len() / 2].to_vec(), e[e.len() / 2..].to_vec())).unzip()
-    };
-    let (impressions_first, impressions_rest) = half(&impressions);
-    let (installs_first, installs_rest) = half(&installs);
+    let (impressions_first, impressions_rest) = split(&impressions, 50);
+    let (installs_first, installs_rest) = split(&installs, 50);
     produce_partitions(&bootstrap, &config.input.impressions_topic, &impressions_first).await;
     produce_partitions(&bootstrap, &config.input.installs_topic, &installs_first).await;
     let all: Vec<RefEvent> = impressions.iter().chain(&installs).flatten().cloned().collect();

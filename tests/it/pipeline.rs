@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use ipm_stream::config::Layout;
+use ipm_stream::config::{Config, Layout};
 use ipm_stream::metrics::names;
 use ipm_stream::output::IpmRecord;
 
@@ -98,6 +98,32 @@ pub(crate) async fn produce_partitions(
     records
 }
 
+/// Both input topics with [`PARTITIONS`] partitions each, and a compacted output topic.
+pub(crate) async fn create_separate_topics(
+    bootstrap: &str,
+    config: &Config,
+    output_partitions: i32,
+) {
+    kafka::create_topic(bootstrap, &config.input.impressions_topic, PARTITIONS).await;
+    kafka::create_topic(bootstrap, &config.input.installs_topic, PARTITIONS).await;
+    kafka::create_compacted_topic(bootstrap, &config.output.topic, output_partitions).await;
+}
+
+/// Each partition's events split at `percent` of its length: what comes before a break in a
+/// test, and what comes after.
+pub(crate) fn split(
+    partitions: &[Vec<RefEvent>],
+    percent: usize,
+) -> (Vec<Vec<RefEvent>>, Vec<Vec<RefEvent>>) {
+    partitions
+        .iter()
+        .map(|events| {
+            let at = events.len() * percent / 100;
+            (events[..at].to_vec(), events[at..].to_vec())
+        })
+        .unzip()
+}
+
 pub(crate) fn last_boundary(window: &RefWindow, watermark: i64) -> i64 {
     watermark.div_euclid(window.slide_ms) * window.slide_ms
 }
@@ -106,9 +132,7 @@ pub(crate) fn last_boundary(window: &RefWindow, watermark: i64) -> i64 {
 async fn separate_topics_publish_exact_window_values_across_out_of_order_partitions() {
     let bootstrap = &broker::shared().bootstrap;
     let config = test_config(bootstrap);
-    kafka::create_topic(bootstrap, &config.input.impressions_topic, PARTITIONS).await;
-    kafka::create_topic(bootstrap, &config.input.installs_topic, PARTITIONS).await;
-    kafka::create_compacted_topic(bootstrap, &config.output.topic, 2).await;
+    create_separate_topics(bootstrap, &config, 2).await;
 
     // Partitions advance at different paces, so they interleave out of order.
     let impressions: Vec<Vec<RefEvent>> = (0..PARTITIONS)

@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 
 use ipm_stream::config::Config;
 
-use crate::pipeline::{final_watermark, partition_events, produce_partitions, PARTITIONS};
+use crate::pipeline::{
+    create_separate_topics, final_watermark, partition_events, produce_partitions, split,
+    PARTITIONS,
+};
 use crate::support::broker;
 use crate::support::kafka::{self, TestRecord};
 use crate::support::reference::{changes, value_at, RefEvent};
@@ -53,16 +56,6 @@ fn spawn_service(config_path: &std::path::Path, log_path: &std::path::Path) -> C
         .expect("the ipm-stream binary starts")
 }
 
-fn split(partitions: &[Vec<RefEvent>], percent: usize) -> (Vec<Vec<RefEvent>>, Vec<Vec<RefEvent>>) {
-    partitions
-        .iter()
-        .map(|events| {
-            let at = events.len() * percent / 100;
-            (events[..at].to_vec(), events[at..].to_vec())
-        })
-        .unzip()
-}
-
 /// Copies of the newest `count` records sent to each partition, as an attribution provider's
 /// retries would be: same bytes, same partition.
 fn retries(sent: &[TestRecord], count: usize) -> Vec<TestRecord> {
@@ -83,9 +76,7 @@ fn free_port() -> u16 {
 async fn restart_after_a_crash_mid_stream_still_publishes_the_reference_values() {
     let bootstrap = &broker::shared().bootstrap;
     let config = test_config(bootstrap);
-    kafka::create_topic(bootstrap, &config.input.impressions_topic, PARTITIONS).await;
-    kafka::create_topic(bootstrap, &config.input.installs_topic, PARTITIONS).await;
-    kafka::create_compacted_topic(bootstrap, &config.output.topic, 2).await;
+    create_separate_topics(bootstrap, &config, 2).await;
     let dir = tempfile::tempdir().unwrap();
     let config_path = dir.path().join("ipm-stream.toml");
     let http_port = free_port();
